@@ -1,0 +1,44 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# uv manages the virtualenv from uv.lock; install it with pip when it is missing.
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+
+.PHONY: help install run migrate test lint format bench clean
+
+help:
+	@echo "make run    install, create + migrate the database, run API, workers and scheduler"
+	@echo "make test   run the test suite against the local PostgreSQL and Redis"
+	@echo "make lint   ruff + mypy"
+	@echo "make bench  run the benchmarks (see bench/README.md)"
+
+install:
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@$(UV) sync --frozen --quiet
+
+# APP_ENV defaults to development here (dev token key); set it, or put it in .env, to override.
+run: install
+	APP_ENV=$${APP_ENV:-development} $(UV) run honcho run helpdesk migrate
+	APP_ENV=$${APP_ENV:-development} exec $(UV) run honcho start -f Procfile
+
+migrate: install
+	$(UV) run honcho run helpdesk migrate
+
+test: install
+	$(UV) run pytest $(PYTEST_ARGS)
+
+lint: install
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+	$(UV) run mypy
+
+format: install
+	$(UV) run ruff check --fix .
+	$(UV) run ruff format .
+
+bench: install
+	$(UV) run python -m bench.run_all
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

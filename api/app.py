@@ -1,0 +1,95 @@
+"""The Litestar application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from api.auth import TokenVerifier
+from api.deps import EventPublisher, provide_admin, provide_caller, provide_service, provide_session
+from api.errors import EXCEPTION_HANDLERS
+from api.publisher import make_publisher
+from api.request_log import request_log_middleware
+from api.routes.admin_tickets import AdminTicketController
+from api.routes.health import healthz, readyz
+from api.routes.user_tickets import UserTicketController
+from domain.db import make_engine, make_sessionmaker
+from domain.logging import configure_logging
+from domain.policies import TimePolicy
+from domain.settings import Settings, load_settings
+from domain.tickets import TicketService
+
+
+def create_app(
+    settings: Settings | None = None, publisher: EventPublisher | None = None
+) -> Litestar:
+    """Build the API. Fails at once, naming the variable to set, if no token key is configured."""
+    settings = settings or load_settings()
+    configure_logging(settings)
+    verifier = TokenVerifier(settings)
+    policy = TimePolicy(
+        sla_urgent=timedelta(seconds=settings.sla_urgent_seconds),
+        auto_close_after=timedelta(seconds=settings.auto_close_seconds),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
+        # Servers (granian) set up their own logging after importing us; take it back.
+        configure_logging(settings)
+        # Engine and publisher are made when the server starts, never at import.
+        app.state.engine = make_engine(settings)
+        app.state.sessionmaker = make_sessionmaker(app.state.engine)
+        app.state.publisher = publisher or make_publisher(settings)
+        try:
+            yield
+        finally:
+            close = getattr(app.state.publisher, "close", None)
+            if close is not None:
+                await close()
+            await app.state.engine.dispose()
+
+    return Litestar(
+        route_handlers=[UserTicketController, AdminTicketController, healthz, readyz],
+        dependencies={
+            "caller": Provide(provide_caller),
+            "admin": Provide(provide_admin),
+            "session": Provide(provide_session),
+            "service": Provide(provide_service, sync_to_thread=False),
+        },
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[request_log_middleware],
+        lifespan=[lifespan],
+        state=State(_initial_state(settings, verifier, policy)),
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Support API",
+            version="1.0.0",
+            description=(
+                "In-app support tickets. Every endpoint needs `Authorization: Bearer <JWT>`. "
+                'Errors always have the shape `{"success": false, "error": {"code", '
+                '"message", "details"}}`. Validation errors are 400 with per-field details.'
+            ),
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin(path="/"), JsonRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    "BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")
+                }
+            ),
+        ),
+        debug=False,
+    )
+
+
+def _initial_state(
+    settings: Settings, verifier: TokenVerifier, policy: TimePolicy
+) -> dict[str, object]:
+    return {"settings": settings, "verifier": verifier, "service": TicketService(policy)}

@@ -1,0 +1,141 @@
+"""The ``helpdesk`` command: mint development tokens, prepare the database, serve the API."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import jwt
+import psycopg
+from psycopg import sql
+
+from domain.devkey import ensure_dev_keypair
+from domain.settings import ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Print a development token signed with the local dev key (valid when APP_ENV=development)."""
+    private_pem, _ = ensure_dev_keypair()
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": args.sub, "iat": now, "exp": now + args.ttl}
+    if args.admin:
+        claims["role"] = load_settings().jwt_admin_role
+    if args.email:
+        claims["email"] = args.email
+    settings = load_settings()
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    print(jwt.encode(claims, private_pem, algorithm="RS256"))
+    return 0
+
+
+def ensure_database(database_url: str) -> bool:
+    """Create the database named in ``database_url`` if it does not exist. True if created."""
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    name = info.get("dbname") or info.get("user") or "postgres"
+    info["dbname"] = "postgres"
+    with psycopg.connect(**info, autocommit=True, connect_timeout=5) as conn:  # type: ignore[arg-type]
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists:
+            return False
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(str(name))))
+        return True
+
+
+def migrate(database_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ROOT / "migrations"))
+    config.cmd_opts = argparse.Namespace(x=[f"url={database_url}"])
+    command.upgrade(config, "head")
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if ensure_database(settings.database_url):
+        print(
+            f"created database {psycopg.conninfo.conninfo_to_dict(settings.database_url)['dbname']}"
+        )
+    migrate(settings.database_url)
+    print("database is at the latest migration")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the API under Granian (replaces this process, so signals reach the server directly)."""
+    settings = load_settings()
+    from api.app import create_app
+
+    create_app(settings)  # fail here, with a clear message, if the configuration is wrong
+    workers = args.workers or int(os.environ.get("API_WORKERS", "0") or 0) or (os.cpu_count() or 1)
+    argv = [
+        "granian",
+        "--interface",
+        "asgi",
+        "--factory",
+        "--host",
+        args.host,
+        "--port",
+        str(settings.port),
+        "--workers",
+        str(workers),
+        "--loop",
+        "uvloop" if _has_uvloop() else "asyncio",
+        "--no-ws",
+        "--log-level",
+        "warning",
+        "api.app:create_app",
+    ]
+    os.execvp(argv[0], argv)
+
+
+def _has_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="helpdesk", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    token = sub.add_parser("token", help="mint a development token")
+    token.add_argument("--sub", required=True, help="user id (the token's subject)")
+    token.add_argument("--admin", action="store_true", help="give the token the admin role")
+    token.add_argument("--email", help="email claim (where the user gets replies)")
+    token.add_argument("--ttl", type=int, default=24 * 3600, help="lifetime in seconds")
+    token.set_defaults(func=cmd_token)
+
+    mig = sub.add_parser("migrate", help="create the database if missing and apply migrations")
+    mig.set_defaults(func=cmd_migrate)
+
+    serve = sub.add_parser("serve", help="run the API server")
+    serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    serve.add_argument("--workers", type=int, default=0, help="server processes (default: cores)")
+    serve.set_defaults(func=cmd_serve)
+
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.OperationalError as exc:
+        print(f"cannot reach PostgreSQL: {exc}".strip(), file=sys.stderr)
+        return 3
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Request and response bodies: explicit msgspec structs, separate from the ORM models."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from domain.ids import isoformat_z
+from domain.lifecycle import Category, Priority, Status
+from domain.models import Message, Ticket
+from domain.tickets import Page
+
+SUBJECT_MAX = 200
+BODY_MAX = 20_000
+USER_ID_MAX = 255
+
+Subject = Annotated[str, Meta(min_length=1, max_length=SUBJECT_MAX, description="Non-blank.")]
+Body = Annotated[str, Meta(min_length=1, max_length=BODY_MAX, description="Non-blank.")]
+
+
+def _check_text(field: str, value: str) -> None:
+    if "\x00" in value:
+        raise ValueError(f"`{field}` must not contain NUL characters")
+    if not value.strip():
+        raise ValueError(f"`{field}` must not be blank")
+
+
+# -- requests --------------------------------------------------------------------------------
+
+
+class CreateTicket(msgspec.Struct, forbid_unknown_fields=True):
+    subject: Subject
+    body: Body
+    category: Category | None = None
+    priority: Priority = Priority.NORMAL
+
+    def __post_init__(self) -> None:
+        _check_text("subject", self.subject)
+        _check_text("body", self.body)
+
+
+class CreateMessage(msgspec.Struct, forbid_unknown_fields=True):
+    body: Body
+
+    def __post_init__(self) -> None:
+        _check_text("body", self.body)
+
+
+class UpdateTicket(msgspec.Struct, forbid_unknown_fields=True):
+    """Every field optional; ``assignee_id: null`` unassigns, leaving it out leaves it alone."""
+
+    status: Status | None = None
+    priority: Priority | None = None
+    assignee_id: (
+        Annotated[str, Meta(min_length=1, max_length=USER_ID_MAX)] | msgspec.UnsetType | None
+    ) = msgspec.UNSET
+
+    def __post_init__(self) -> None:
+        if isinstance(self.assignee_id, str):
+            _check_text("assignee_id", self.assignee_id)
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+class MessageOut(msgspec.Struct):
+    id: str
+    body: str
+    is_admin: bool
+    created_at: str
+
+
+class TicketSummary(msgspec.Struct):
+    id: str
+    subject: str
+    status: Status
+    priority: Priority
+    category: Category | None
+    assignee_id: str | None
+    created_at: str
+    updated_at: str
+
+
+class TicketOut(TicketSummary):
+    messages: list[MessageOut]
+
+
+class AdminTicketSummary(TicketSummary):
+    user_id: str
+    sla_due_at: str | None
+    sla_breached: bool
+    sla_breached_at: str | None
+
+
+class AdminTicketOut(AdminTicketSummary):
+    messages: list[MessageOut]
+
+
+class Pagination(msgspec.Struct):
+    page: int
+    per_page: int
+    total: int
+    total_pages: int
+
+
+class TicketList(msgspec.Struct):
+    data: list[TicketSummary]
+    pagination: Pagination
+    success: bool = True
+
+
+class AdminTicketList(msgspec.Struct):
+    data: list[AdminTicketSummary]
+    pagination: Pagination
+    success: bool = True
+
+
+class ErrorDetail(msgspec.Struct):
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    code: str
+    message: str
+    details: list[ErrorDetail] | None = None
+
+
+class ErrorResponse(msgspec.Struct):
+    """Every error has this shape: ``{"success": false, "error": {code, message, details?}}``."""
+
+    error: ErrorBody
+    success: bool = False
+
+
+# -- conversions -----------------------------------------------------------------------------
+
+
+def message_out(message: Message) -> MessageOut:
+    return MessageOut(
+        id=message.id,
+        body=message.body,
+        is_admin=message.is_admin,
+        created_at=isoformat_z(message.created_at),
+    )
+
+
+def _summary_fields(ticket: Ticket) -> dict[str, Any]:
+    return {
+        "id": ticket.id,
+        "subject": ticket.subject,
+        "status": Status(ticket.status),
+        "priority": Priority(ticket.priority),
+        "category": Category(ticket.category) if ticket.category else None,
+        "assignee_id": ticket.assignee_id,
+        "created_at": isoformat_z(ticket.created_at),
+        "updated_at": isoformat_z(ticket.updated_at),
+    }
+
+
+def _admin_fields(ticket: Ticket) -> dict[str, Any]:
+    return {
+        "user_id": ticket.user_id,
+        "sla_due_at": isoformat_z(ticket.sla_due_at) if ticket.sla_due_at else None,
+        "sla_breached": ticket.sla_breached_at is not None,
+        "sla_breached_at": isoformat_z(ticket.sla_breached_at) if ticket.sla_breached_at else None,
+    }
+
+
+def ticket_out(ticket: Ticket, messages: list[Message] | Any) -> TicketOut:
+    return TicketOut(**_summary_fields(ticket), messages=[message_out(m) for m in messages])
+
+
+def admin_ticket_out(ticket: Ticket, messages: list[Message] | Any) -> AdminTicketOut:
+    return AdminTicketOut(
+        **_summary_fields(ticket),
+        **_admin_fields(ticket),
+        messages=[message_out(m) for m in messages],
+    )
+
+
+def _pagination(page: Page) -> Pagination:
+    return Pagination(
+        page=page.page, per_page=page.per_page, total=page.total, total_pages=page.total_pages
+    )
+
+
+def ticket_list(page: Page) -> TicketList:
+    return TicketList(
+        data=[TicketSummary(**_summary_fields(t)) for t in page.items], pagination=_pagination(page)
+    )
+
+
+def admin_ticket_list(page: Page) -> AdminTicketList:
+    return AdminTicketList(
+        data=[AdminTicketSummary(**_summary_fields(t), **_admin_fields(t)) for t in page.items],
+        pagination=_pagination(page),
+    )

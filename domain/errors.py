@@ -1,0 +1,38 @@
+"""Domain errors. The API maps each to one HTTP status; workers log them."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    code = "domain_error"
+
+
+class NotFound(DomainError):
+    """The ticket does not exist, or the caller may not see it (never say which)."""
+
+    code = "not_found"
+
+    def __init__(self, what: str = "ticket") -> None:
+        super().__init__(f"{what} not found")
+
+
+class Conflict(DomainError):
+    """The request is valid but the ticket's current state forbids it."""
+
+    code = "conflict"
+
+
+class InvalidTransition(Conflict):
+    code = "invalid_transition"
+
+    def __init__(self, current: str, requested: str) -> None:
+        self.current = current
+        self.requested = requested
+        super().__init__(f"cannot change status from '{current}' to '{requested}'")
+
+
+class TicketClosed(Conflict):
+    code = "ticket_closed"
+
+    def __init__(self) -> None:
+        super().__init__("ticket is closed; closed tickets cannot be changed or replied to")

@@ -1,0 +1,187 @@
+"""Shared fixtures: a real PostgreSQL database migrated with Alembic, real Redis, signed tokens."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+import psycopg
+import pytest
+import redis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from litestar.testing import AsyncTestClient
+
+from api.app import create_app
+from api.cli import ensure_database, migrate
+from domain.settings import Settings, load_settings
+
+TEST_DATABASE_URL = os.environ.get(
+    "TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/helpdesk_test"
+)
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _reachable(url: str, default_port: int) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), 2
+        ):
+            return True
+    except OSError:
+        return False
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    missing = []
+    if not _reachable(TEST_DATABASE_URL, 5432):
+        missing.append(f"PostgreSQL at {urlsplit(TEST_DATABASE_URL).netloc}")
+    if not _reachable(TEST_REDIS_URL, 6379):
+        missing.append(f"Redis at {urlsplit(TEST_REDIS_URL).netloc}")
+    if missing:
+        pytest.exit(
+            "The tests need a running " + " and ".join(missing) + ". Start them (see README, "
+            "'Running the tests') or point TEST_DATABASE_URL / TEST_REDIS_URL elsewhere.",
+            returncode=3,
+        )
+
+
+def recreate_database(url: str) -> None:
+    """Drop and recreate the database in ``url`` so every run starts from an empty schema."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    name = str(info["dbname"])
+    info["dbname"] = "postgres"
+    with psycopg.connect(**info, autocommit=True) as conn:  # type: ignore[arg-type]
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    ensure_database(url)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    recreate_database(TEST_DATABASE_URL)
+    migrate(TEST_DATABASE_URL)
+    return TEST_DATABASE_URL
+
+
+@pytest.fixture
+def clean_db(database_url: str) -> Iterator[str]:
+    """Each test starts with empty tables (real commits, so other processes see the data)."""
+    yield database_url
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE tickets, messages, ticket_events, deliveries CASCADE")
+
+
+@pytest.fixture
+def db(clean_db: str) -> Iterator[psycopg.Connection[Any]]:
+    """A plain psycopg connection for asserting what was written."""
+    with psycopg.connect(clean_db, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def redis_client() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(TEST_REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def rsa_private_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="session")
+def public_pem(rsa_private_key: rsa.RSAPrivateKey) -> str:
+    return (
+        rsa_private_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+TokenFactory = Callable[..., str]
+
+
+@pytest.fixture(scope="session")
+def make_token(rsa_private_key: rsa.RSAPrivateKey) -> TokenFactory:
+    """``make_token("alice", admin=True, email="a@example.com", exp_in=60, **extra_claims)``."""
+
+    def factory(
+        sub: str | None,
+        *,
+        admin: bool = False,
+        email: str | None = None,
+        exp_in: int = 3600,
+        **claims: Any,
+    ) -> str:
+        now = int(time.time())
+        payload: dict[str, Any] = {"iat": now, "exp": now + exp_in}
+        if sub is not None:
+            payload["sub"] = sub
+        if admin:
+            payload["role"] = "admin"
+        if email:
+            payload["email"] = email
+        payload.update(claims)
+        return jwt.encode(payload, rsa_private_key, algorithm="RS256")
+
+    return factory
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+# -- the application ----------------------------------------------------------------------------
+
+
+class RecordingPublisher:
+    """A publisher that records what it was asked to publish (a boundary we own)."""
+
+    def __init__(self) -> None:
+        self.published: list[str] = []
+
+    def publish_soon(self, event_ids: list[str]) -> None:
+        self.published.extend(event_ids)
+
+
+@pytest.fixture
+def settings(clean_db: str, public_pem: str) -> Settings:
+    base = load_settings(
+        {
+            "APP_ENV": "production",
+            "DATABASE_URL": clean_db,
+            "REDIS_URL": TEST_REDIS_URL,
+            "LOG_FORMAT": "json",
+        }
+    )
+    return replace(base, jwt_public_key=public_pem)
+
+
+@pytest.fixture
+def publisher() -> RecordingPublisher:
+    return RecordingPublisher()
+
+
+@pytest.fixture
+async def client(
+    settings: Settings, publisher: RecordingPublisher
+) -> AsyncIterator[AsyncTestClient[Any]]:
+    app = create_app(settings, publisher=publisher)
+    async with AsyncTestClient(app=app) as test_client:
+        yield test_client
