@@ -34,5 +34,11 @@ class InvalidTransition(Conflict):
 class TicketClosed(Conflict):
     code = "ticket_closed"
 
-    def __init__(self) -> None:
-        super().__init__("ticket is closed; closed tickets cannot be changed or replied to")
+    def __init__(self, requested: str | None = None) -> None:
+        self.current = "closed"
+        self.requested = requested
+        if requested is None or requested == "closed":
+            message = "ticket is closed; closed tickets cannot be changed or replied to"
+        else:
+            message = f"ticket is closed: cannot change status from 'closed' to '{requested}'"
+        super().__init__(message)

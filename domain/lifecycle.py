@@ -83,6 +83,6 @@ def check_transition(trigger: Trigger, current: Status, requested: Status) -> No
     :class:`InvalidTransition`, which names both statuses.
     """
     if current is Status.CLOSED:
-        raise TicketClosed()
+        raise TicketClosed(requested.value)
     if not can_transition(trigger, current, requested):
         raise InvalidTransition(current.value, requested.value)

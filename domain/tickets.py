@@ -195,7 +195,10 @@ class TicketService:
         changes: dict[str, Any] = {}
         if current is Status.RESOLVED:
             # A reply to a resolved ticket means "not solved": reopen it (cancels auto-close).
+            applied_before = sla_applies(ticket)
             self._set_status(ticket, Trigger.USER_REPLY, Status.OPEN, now, changes)
+            # Reopened while urgent and never answered: back on the first-response clock.
+            update_sla_clock(ticket, applied_before=applied_before, now=now, policy=self.policy)
         if caller.email and ticket.requester_email != caller.email:
             ticket.requester_email = caller.email
         message = await self._add_message(session, ticket, caller, body, now)
@@ -229,7 +232,7 @@ class TicketService:
         ticket = await self._load(session, ticket_id, lock=True)
         current = Status(ticket.status)
         if current is Status.CLOSED:
-            raise TicketClosed()
+            raise TicketClosed(change.status.value if change.status is not None else None)
         now = self.clock()
         applied_before = sla_applies(ticket)
         changes: dict[str, Any] = {}
