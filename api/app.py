@@ -47,7 +47,7 @@ def create_app(
         # Engine and publisher are made when the server starts, never at import.
         app.state.engine = make_engine(settings)
         app.state.sessionmaker = make_sessionmaker(app.state.engine)
-        app.state.publisher = publisher or make_publisher(settings)
+        app.state.publisher = publisher or make_publisher(settings, app.state.sessionmaker)
         try:
             yield
         finally:

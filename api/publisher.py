@@ -1,10 +1,110 @@
-"""Publishing committed events to the workers. Filled in by the event pipeline."""
+"""Hands committed events to the workers (persist, then publish), off the request's critical path.
+
+Requests drop event ids here after their commit; one background task per API process sends them
+to the broker in batches and marks them published with one UPDATE per batch. If Redis is down,
+nothing fails: the events stay unpublished and the outbox sweep sends them when Redis is back.
+"""
 
 from __future__ import annotations
 
-from api.deps import EventPublisher, NoPublisher
+import asyncio
+import time
+from collections.abc import Sequence
+
+import anyio.to_thread
+import redis
+import structlog
+from dramatiq import Message
+from dramatiq.brokers.redis import RedisBroker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from api.deps import EventPublisher
+from domain.ids import utcnow
+from domain.outbox import DISPATCH_ACTOR, EVENTS_QUEUE, mark_published
 from domain.settings import Settings
 
+log = structlog.get_logger("api.publisher")
 
-def make_publisher(settings: Settings) -> EventPublisher:
-    return NoPublisher()
+BATCH = 500
+BACKOFF_S = 5.0  # after a broker failure, leave publishing to the sweep for this long
+
+
+class BrokerPublisher:
+    def __init__(self, broker: RedisBroker, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self.broker = broker
+        self.sessionmaker = sessionmaker
+        self._pending: list[str] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._down_until = 0.0
+
+    def publish_soon(self, event_ids: list[str]) -> None:
+        self._pending.extend(event_ids)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._wakeup.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._pending:
+                batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
+                await self._publish(batch)
+
+    async def _publish(self, batch: Sequence[str]) -> None:
+        if time.monotonic() < self._down_until:
+            return  # the broker failed a moment ago; the sweep will publish these
+        sent = await anyio.to_thread.run_sync(self._enqueue, batch)
+        if not sent:
+            return
+        try:
+            async with self.sessionmaker() as session:
+                await mark_published(session, sent, utcnow())
+                await session.commit()
+        except Exception as exc:
+            # Not marked means the sweep may publish them once more: a duplicate, never a loss.
+            log.warning("outbox.mark_published_failed", error=type(exc).__name__, count=len(sent))
+
+    def _enqueue(self, batch: Sequence[str]) -> list[str]:
+        sent: list[str] = []
+        for event_id in batch:
+            # Sent by actor name through the broker's public API: the API does not import
+            # the workers' code, only the names both sides share (domain.outbox).
+            message: Message[None] = Message(
+                queue_name=EVENTS_QUEUE,
+                actor_name=DISPATCH_ACTOR,
+                args=(event_id,),
+                kwargs={},
+                options={},
+            )
+            try:
+                self.broker.enqueue(message)
+            except redis.RedisError as exc:
+                self._down_until = time.monotonic() + BACKOFF_S
+                log.warning(
+                    "outbox.publish_failed", error=type(exc).__name__, left=len(batch) - len(sent)
+                )
+                break
+            sent.append(event_id)
+        return sent
+
+    async def close(self) -> None:
+        """Publish what is queued (briefly), then stop; anything left is the sweep's."""
+        if self._pending:
+            batch, self._pending = self._pending, []
+            with anyio.move_on_after(5):
+                await self._publish(batch)
+        if self._task is not None:
+            self._task.cancel()
+        self.broker.close()
+
+
+def make_publisher(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> EventPublisher:
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2)
+    # No middleware: this broker only enqueues; the workers' broker runs the actors.
+    broker = RedisBroker(client=client, middleware=[])
+    broker.declare_queue(EVENTS_QUEUE)
+    return BrokerPublisher(broker, sessionmaker)

@@ -90,3 +90,13 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(TZ)
     updated_at: Mapped[datetime] = mapped_column(TZ)
     sent_at: Mapped[datetime | None] = mapped_column(TZ)
+
+
+class Staff(Base):
+    """Admins we have seen, with the email their token carried (to notify assignees)."""
+
+    __tablename__ = "staff"
+
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    email: Mapped[str] = mapped_column(String(320))
+    updated_at: Mapped[datetime] = mapped_column(TZ)

@@ -90,6 +90,7 @@ class Settings:
     # Outbox: how often the sweep runs and when a published-but-unhandled event is re-published.
     outbox_sweep_interval_s: float = 2.0
     outbox_republish_after_s: float = 120.0
+    outbox_publish_grace_s: float = 5.0
     sla_sweep_interval_s: float = 0.5
     auto_close_sweep_interval_s: float = 30.0
     db_pool_size: int = 10
@@ -186,6 +187,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         log_level=(env.get("LOG_LEVEL", "").strip() or "INFO").upper(),
         outbox_sweep_interval_s=_float(env, "OUTBOX_SWEEP_INTERVAL_SECONDS", 2.0, minimum=0.05),
         outbox_republish_after_s=_float(env, "OUTBOX_REPUBLISH_AFTER_SECONDS", 120.0, minimum=0.1),
+        outbox_publish_grace_s=_float(env, "OUTBOX_PUBLISH_GRACE_SECONDS", 5.0, minimum=0.0),
         sla_sweep_interval_s=_float(env, "SLA_SWEEP_INTERVAL_SECONDS", 0.5, minimum=0.05),
         auto_close_sweep_interval_s=_float(
             env, "AUTO_CLOSE_SWEEP_INTERVAL_SECONDS", 30.0, minimum=0.05

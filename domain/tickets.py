@@ -10,13 +10,14 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain import events
 from domain.errors import NotFound, TicketClosed
 from domain.ids import is_valid_id, isoformat_z, new_id, utcnow
 from domain.lifecycle import Priority, Status, Trigger, check_transition
-from domain.models import Message, Ticket
+from domain.models import Message, Staff, Ticket
 from domain.policies import TimePolicy, sla_applies, update_sla_clock
 
 MAX_PER_PAGE = 100
@@ -66,6 +67,20 @@ class TicketChanges:
 
 
 UNSET = _UNSET
+
+
+async def remember_staff_email(session: AsyncSession, caller: Caller, now: datetime) -> None:
+    """Keep the admin's email (from their token) so they can be told about tickets they own."""
+    if not (caller.is_admin and caller.email):
+        return
+    upsert = insert(Staff).values(user_id=caller.user_id, email=caller.email, updated_at=now)
+    await session.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[Staff.user_id],
+            set_={"email": upsert.excluded.email, "updated_at": upsert.excluded.updated_at},
+            where=Staff.email != upsert.excluded.email,
+        )
+    )
 
 
 class TicketService:
@@ -222,6 +237,7 @@ class TicketService:
         if ticket.status == Status.CLOSED:
             raise TicketClosed()
         now = self.clock()
+        await remember_staff_email(session, caller, now)
         if ticket.first_admin_reply_at is None:
             ticket.first_admin_reply_at = now  # meets the first-response SLA
         return await self._add_message(session, ticket, caller, body, now)
@@ -234,6 +250,7 @@ class TicketService:
         if current is Status.CLOSED:
             raise TicketClosed(change.status.value if change.status is not None else None)
         now = self.clock()
+        await remember_staff_email(session, caller, now)
         applied_before = sla_applies(ticket)
         changes: dict[str, Any] = {}
         if change.priority is not None and change.priority.value != ticket.priority:

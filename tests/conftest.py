@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
+from tests.sinks import HttpSink, SmtpSink
 from api.cli import ensure_database, migrate
 from domain.settings import Settings, load_settings
 
@@ -176,6 +177,58 @@ def settings(clean_db: str, public_pem: str) -> Settings:
 @pytest.fixture
 def publisher() -> RecordingPublisher:
     return RecordingPublisher()
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[SmtpSink]:
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def slack_sink() -> Iterator[HttpSink]:
+    sink = HttpSink().start()
+    yield sink
+    sink.stop()
+
+
+TEAM = ("team@support.test", "oncall@support.test")
+
+
+@pytest.fixture
+def service_env(
+    clean_db: str, redis_client: redis.Redis, smtp_sink: SmtpSink, slack_sink: HttpSink,
+    public_pem: str,
+) -> dict[str, str]:
+    """Environment for real worker/scheduler processes, pointing at the test sinks."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "JWT_", "SLACK_"))}
+    env.update(
+        APP_ENV="production",
+        DATABASE_URL=clean_db,
+        REDIS_URL=TEST_REDIS_URL,
+        JWT_PUBLIC_KEY=public_pem,
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT=str(smtp_sink.port),
+        SMTP_FROM="Support <support@helpdesk.test>",
+        ADMIN_EMAILS=",".join(TEAM),
+        SLACK_WEBHOOK_URL=slack_sink.url,
+        LOG_FORMAT="json",
+        OUTBOX_SWEEP_INTERVAL_SECONDS="0.5",
+        OUTBOX_PUBLISH_GRACE_SECONDS="1",
+        OUTBOX_REPUBLISH_AFTER_SECONDS="5",
+    )
+    return env
+
+
+@pytest.fixture
+async def live_client(
+    service_env: dict[str, str],
+) -> AsyncIterator[AsyncTestClient[Any]]:
+    """The API with its real broker publisher, configured like the worker processes."""
+    app = create_app(load_settings(service_env))
+    async with AsyncTestClient(app=app) as test_client:
+        yield test_client
 
 
 @pytest.fixture

@@ -1,0 +1,64 @@
+"""The outbox: ``ticket_events`` rows that still have to reach the workers, and their progress.
+
+An event is *published* when it has been handed to the broker, and *completed* when its handler
+has recorded that everything it had to do is done. The sweep publishes what was never published
+and re-publishes what was published long ago but never completed (a broker that restarted empty,
+a worker killed mid-message), so an event can be delayed but never lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from domain.models import TicketEvent
+
+# The names both sides of the broker agree on (the API enqueues by name; workers define them).
+EVENTS_QUEUE = "events"
+NOTIFICATIONS_QUEUE = "notifications"
+MAINTENANCE_QUEUE = "maintenance"
+DISPATCH_ACTOR = "dispatch_event"
+
+
+async def claim_events_to_publish(
+    session: AsyncSession,
+    *,
+    now: datetime,
+    unpublished_grace: timedelta,
+    republish_after: timedelta,
+    limit: int,
+) -> Sequence[str]:
+    """Lock (SKIP LOCKED, oldest first) up to ``limit`` events that need publishing.
+
+    ``unpublished_grace`` leaves the API a moment to publish its own events first;
+    ``republish_after`` is how long a published event may stay unhandled before it is sent again.
+    """
+    query = (
+        select(TicketEvent.id)
+        .where(
+            TicketEvent.completed_at.is_(None),
+            or_(
+                (TicketEvent.published_at.is_(None))
+                & (TicketEvent.created_at <= now - unpublished_grace),
+                TicketEvent.published_at <= now - republish_after,
+            ),
+        )
+        .order_by(TicketEvent.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return (await session.scalars(query)).all()
+
+
+async def mark_published(session: AsyncSession, event_ids: Sequence[str], now: datetime) -> None:
+    if not event_ids:
+        return
+    await session.execute(
+        update(TicketEvent)
+        .where(TicketEvent.id.in_(event_ids), TicketEvent.completed_at.is_(None))
+        .values(published_at=now, publish_count=TicketEvent.publish_count + 1)
+        .execution_options(synchronize_session=False)
+    )

@@ -1,0 +1,68 @@
+"""The scheduler: one small process that enqueues the periodic sweeps.
+
+APScheduler rather than periodiq: the SLA backstop must run every fraction of a second, and
+periodiq schedules at cron (minute) granularity. Sweeps are safe to run from two schedulers at
+once (row locks with SKIP LOCKED and conditional updates), so running two is harmless.
+
+Run: ``python -m workers.scheduler``.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+from types import FrameType
+
+import structlog
+from apscheduler.schedulers.blocking import BlockingScheduler
+
+from workers.actors import publish_outbox
+from workers.broker import settings
+
+log = structlog.get_logger("workers.scheduler")
+
+
+def _enqueue(name: str, send: Callable[[], object]) -> Callable[[], None]:
+    def job() -> None:
+        try:
+            send()
+        except Exception as exc:
+            # Redis down: nothing is lost (the database holds the work); try at the next tick.
+            log.warning("scheduler.enqueue_failed", job=name, error=type(exc).__name__)
+
+    return job
+
+
+def build_scheduler() -> BlockingScheduler:
+    scheduler = BlockingScheduler(timezone="UTC")
+    jobs: list[tuple[str, Callable[[], object], float]] = [
+        ("publish_outbox", publish_outbox.send, settings.outbox_sweep_interval_s),
+    ]
+    for name, send, interval in jobs:
+        scheduler.add_job(
+            _enqueue(name, send),
+            "interval",
+            seconds=interval,
+            id=name,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+    return scheduler
+
+
+def main() -> None:
+    scheduler = build_scheduler()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        log.info("scheduler.stopping", signal=signum)
+        scheduler.shutdown(wait=False)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("scheduler.started", jobs=[job.id for job in scheduler.get_jobs()])
+    scheduler.start()
+
+
+if __name__ == "__main__":
+    main()
