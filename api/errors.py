@@ -27,6 +27,7 @@ from domain.errors import Conflict, NotFound
 log = structlog.get_logger(__name__)
 _JSON_PATH = re.compile(r" - at `\$\.?([^`]*)`")
 _FIELD = re.compile(r"^`(\w+)`")
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
 
 _CODES = {
     400: "bad_request",
@@ -65,10 +66,17 @@ def _validation_details(exc: ValidationException) -> list[ErrorDetail]:
         if isinstance(item, dict):
             message = str(item.get("message", exc.detail))
             key = item.get("key")
+            if key == "data" and message == "'data'":
+                # No body at all (or JSON null): Litestar reports the missing argument's name.
+                details.append(ErrorDetail(message="a JSON object body is required"))
+                continue
             # Body errors name the JSON path ("$.subject") or, from our own checks, the field
-            # in backticks; report the field the client sent rather than Litestar's "data".
-            path = _JSON_PATH.search(message) or (_FIELD.search(message) if key == "data" else None)
-            field = path.group(1) if path else (str(key) if key else None)
+            # in backticks; report the field the client sent rather than Litestar's "data",
+            # which is no name the client knows (an error about the whole body has no field).
+            path = _JSON_PATH.search(message) or (
+                (_FIELD.search(message) or _NAMED_FIELD.search(message)) if key == "data" else None
+            )
+            field = path.group(1) if path else (str(key) if key and key != "data" else None)
             details.append(ErrorDetail(message=_JSON_PATH.sub("", message), field=field))
         else:
             details.append(ErrorDetail(message=str(item)))
@@ -134,6 +142,15 @@ def on_database_unavailable(_: Request[Any, Any, Any], exc: Exception) -> Respon
     )
 
 
+def on_recursion_error(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    # The JSON decoder gives up on absurdly nested input ("[[[[..."): the client's fault, not ours.
+    if "deserializing" in str(exc):
+        return error_response(
+            HTTP_400_BAD_REQUEST, "bad_request", "malformed request: JSON is nested too deeply"
+        )
+    return on_unexpected(request, exc)
+
+
 def on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("http.unhandled_error", error_type=type(exc).__name__)
     return error_response(HTTP_500_INTERNAL_SERVER_ERROR, "internal_error", "internal error")
@@ -147,5 +164,6 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     Conflict: on_conflict,
     DBAPIError: on_database_unavailable,
     PoolTimeout: on_database_unavailable,
+    RecursionError: on_recursion_error,
     Exception: on_unexpected,
 }
