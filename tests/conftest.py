@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -41,6 +42,7 @@ def _reachable(url: str, default_port: int) -> bool:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # the SMTP sink's chatter
     missing = []
     if not _reachable(TEST_DATABASE_URL, 5432):
         missing.append(f"PostgreSQL at {urlsplit(TEST_DATABASE_URL).netloc}")

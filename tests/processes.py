@@ -20,12 +20,19 @@ class ServiceProcess:
         self.argv = argv
         self.env = env
         self.ready_text = ready_text
-        self.log = tempfile.NamedTemporaryFile(prefix="helpdesk-", suffix=".log", delete=False)
+        # Kept open for the child's lifetime; closed in stop().
+        self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            prefix="helpdesk-", suffix=".log", delete=False
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> ServiceProcess:
         self.proc = subprocess.Popen(
-            self.argv, env=self.env, cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+            self.argv,
+            env=self.env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         if self.ready_text:
@@ -67,11 +74,72 @@ def dramatiq_workers(
     env: dict[str, str], queues: list[str], *, processes: int = 1, threads: int = 8
 ) -> ServiceProcess:
     argv = [
-        sys.executable, "-m", "dramatiq", "workers.actors", "--queues", *queues,
-        "--processes", str(processes), "--threads", str(threads),
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "workers.actors",
+        "--queues",
+        *queues,
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
     ]
     return ServiceProcess(argv, env, ready_text="ready for action")
 
 
 def scheduler(env: dict[str, str]) -> ServiceProcess:
     return ServiceProcess([sys.executable, "-m", "workers.scheduler"], env, "scheduler.started")
+
+
+class PrivateRedis:
+    """A redis-server of our own on a random port, with no persistence: stopping it and starting
+    it again gives an empty Redis, like a production Redis restarted without a disk."""
+
+    def __init__(self) -> None:
+        from tests.sinks import free_port
+
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> PrivateRedis:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)

@@ -6,6 +6,7 @@ receive, and can be told to refuse the next N requests (to test retries).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -44,8 +45,11 @@ class SmtpSink:
     _refusals: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     controller: Controller | None = None
+    delay_s: float = 0.0  # how long each DATA takes (a slow mail server)
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         with self._lock:
             if self._refusals:
                 return self._refusals.pop(0)
@@ -91,6 +95,15 @@ class SmtpSink:
         with self._lock:
             return [m.message for m in self.received if address in m.rcpt_tos]
 
+    def deliveries(self) -> list[tuple[str, str]]:
+        """(event id, recipient) for every accepted email, duplicates included."""
+        with self._lock:
+            return [
+                (str(m.message["X-Helpdesk-Event"]), rcpt)
+                for m in self.received
+                for rcpt in m.rcpt_tos
+            ]
+
 
 @dataclass
 class HttpRequestRecord:
@@ -110,7 +123,7 @@ class HttpSink:
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
                 raw = self.rfile.read(length)
                 with sink._lock:
@@ -161,11 +174,11 @@ def wait_for(condition: Callable[[], bool], *, timeout: float, interval: float =
     return condition()
 
 
-async def eventually(condition: Callable[[], bool], *, timeout: float, interval: float = 0.05) -> bool:
+async def eventually(
+    condition: Callable[[], bool], *, within_s: float, interval: float = 0.05
+) -> bool:
     """Like :func:`wait_for`, but lets the event loop run (the API's publisher lives on it)."""
-    import asyncio
-
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:
         if condition():
             return True

@@ -45,14 +45,19 @@ async def test_every_kind_of_write_notifies_the_right_people(
     # 1. A new ticket: every team address by email, and one Slack message.
     created = await live_client.post(
         USER_URL,
-        json={"subject": "Payment not received", "body": "Where is my money?",
-              "category": "billing", "priority": "high"},
+        json={
+            "subject": "Payment not received",
+            "body": "Where is my money?",
+            "category": "billing",
+            "priority": "high",
+        },
         headers=user,
     )
     assert created.status_code == 201
     ticket_id = created.json()["id"]
-    assert await eventually(lambda: len(smtp_sink.received) == 2 and len(slack_sink.received) == 1,
-                            timeout=30), workers.output()[-2000:]
+    assert await eventually(
+        lambda: len(smtp_sink.received) == 2 and len(slack_sink.received) == 1, within_s=30
+    ), workers.output()[-2000:]
     assert recipients(smtp_sink) == sorted(TEAM)
     mail = smtp_sink.received[0].message
     assert "Payment not received" in mail["Subject"] and ticket_id in mail["Subject"]
@@ -68,7 +73,8 @@ async def test_every_kind_of_write_notifies_the_right_people(
 
     # 2. The admin takes it and replies: the requester hears, the team does not.
     assign = await live_client.patch(
-        f"{ADMIN_URL}/{ticket_id}", json={"status": "in_progress", "assignee_id": "agent-7"},
+        f"{ADMIN_URL}/{ticket_id}",
+        json={"status": "in_progress", "assignee_id": "agent-7"},
         headers=admin,
     )
     assert assign.status_code == 200
@@ -76,7 +82,7 @@ async def test_every_kind_of_write_notifies_the_right_people(
         f"{ADMIN_URL}/{ticket_id}/messages", json={"body": "Looking into it"}, headers=admin
     )
     assert reply.status_code == 201
-    assert await eventually(lambda: len(smtp_sink.received) == 3, timeout=30)
+    assert await eventually(lambda: len(smtp_sink.received) == 3, within_s=30)
     assert smtp_sink.received[2].rcpt_tos == ["requester@example.com"]
     assert "Looking into it" in smtp_sink.received[2].message.get_payload(decode=True).decode()
     assert len(slack_sink.received) == 1
@@ -86,18 +92,18 @@ async def test_every_kind_of_write_notifies_the_right_people(
         f"{USER_URL}/{ticket_id}/messages", json={"body": "Thanks!"}, headers=user
     )
     assert answer.status_code == 201
-    assert await eventually(lambda: len(smtp_sink.received) == 6, timeout=30)
+    assert await eventually(lambda: len(smtp_sink.received) == 6, within_s=30)
     assert sorted(r for m in smtp_sink.received[3:] for r in m.rcpt_tos) == sorted(
         [*TEAM, "agent7@support.test"]
     )
-    assert await eventually(lambda: len(slack_sink.received) == 2, timeout=10)
+    assert await eventually(lambda: len(slack_sink.received) == 2, within_s=10)
 
     # 4. Resolved: the requester is told.
     resolved = await live_client.patch(
         f"{ADMIN_URL}/{ticket_id}", json={"status": "resolved"}, headers=admin
     )
     assert resolved.status_code == 200
-    assert await eventually(lambda: len(smtp_sink.received) == 7, timeout=30)
+    assert await eventually(lambda: len(smtp_sink.received) == 7, within_s=30)
     assert smtp_sink.received[6].rcpt_tos == ["requester@example.com"]
     assert "resolved" in smtp_sink.received[6].message["Subject"].lower()
 
@@ -105,10 +111,11 @@ async def test_every_kind_of_write_notifies_the_right_people(
     assert len({m.message["References"] for m in smtp_sink.received}) == 1
     # The ledger shows each delivery sent once, and every event is completed.
     assert await eventually(
-        lambda: db.execute(
-            "SELECT count(*) FROM ticket_events WHERE completed_at IS NULL"
-        ).fetchone() == (0,),
-        timeout=10,
+        lambda: (
+            db.execute("SELECT count(*) FROM ticket_events WHERE completed_at IS NULL").fetchone()
+            == (0,)
+        ),
+        within_s=10,
     )
     rows = db.execute("SELECT status, count(*) FROM deliveries GROUP BY status").fetchall()
     assert rows == [("sent", 9)]

@@ -1,0 +1,166 @@
+"""The delivery ledger against a real database: each (event, channel, recipient) is sent once,
+transient failures are retried, permanent ones are recorded and stopped."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from domain.db import make_engine, make_sessionmaker
+from domain.delivery import (
+    DeliveryConfig,
+    Outcome,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+    deliver,
+    plan_deliveries,
+)
+from domain.events import take_pending_event_ids
+from domain.ids import utcnow
+from domain.lifecycle import Priority
+from domain.notifications import Notice
+from domain.policies import TimePolicy
+from domain.settings import Settings
+from domain.tickets import Caller, TicketService
+from workers.channels.recording import RecordingChannel
+
+TEAM = ("a@support.test", "b@support.test")
+
+
+class FlakyChannel:
+    """Fails with the given errors first, then records successful sends."""
+
+    def __init__(self, *failures: Exception) -> None:
+        self.failures = list(failures)
+        self.sent: list[Notice] = []
+
+    async def send(self, notice: Notice) -> None:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.sent.append(notice)
+
+
+@pytest.fixture
+async def sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    engine = make_engine(settings, pool_size=2)
+    yield make_sessionmaker(engine)
+    await engine.dispose()
+
+
+async def new_ticket_event(sessions: async_sessionmaker[AsyncSession]) -> str:
+    service = TicketService(TimePolicy(timedelta(hours=1), timedelta(days=7)))
+    async with sessions() as session:
+        await service.create(
+            session,
+            Caller("user-1", email="u@example.com"),
+            subject="Hi",
+            body="Help",
+            category=None,
+            priority=Priority.NORMAL,
+        )
+        await session.commit()
+        (event_id,) = take_pending_event_ids(session)
+        return event_id
+
+
+async def plan(
+    sessions: async_sessionmaker[AsyncSession], event_id: str, config: DeliveryConfig
+) -> list[str]:
+    async with sessions() as session:
+        ids = await plan_deliveries(session, event_id, config, utcnow())
+        await session.commit()
+        return ids
+
+
+async def run(
+    sessions: async_sessionmaker[AsyncSession], delivery_id: str, config: DeliveryConfig
+) -> Outcome:
+    async with sessions() as session:
+        result = await deliver(session, delivery_id, config, utcnow())
+        await session.commit()
+        return result.outcome
+
+
+async def test_planning_twice_and_delivering_twice_sends_once(
+    sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
+) -> None:
+    channel = RecordingChannel()
+    config = DeliveryConfig(team_emails=TEAM, sender="s@hd.test", channels={"email": channel})
+    event_id = await new_ticket_event(sessions)
+
+    first = await plan(sessions, event_id, config)
+    second = await plan(sessions, event_id, config)  # a duplicated dispatch message
+    assert len(first) == 2 and sorted(first) == sorted(second)
+    for delivery_id in first + second:  # every delivery message arrives twice
+        await run(sessions, delivery_id, config)
+
+    assert sorted(n.recipient for n in channel.sent) == sorted(TEAM)
+    assert db.execute("SELECT status, attempts FROM deliveries").fetchall() == [("sent", 1)] * 2
+    assert db.execute("SELECT completed_at IS NOT NULL FROM ticket_events").fetchone() == (True,)
+    # Once completed, a late duplicate dispatch plans nothing.
+    assert await plan(sessions, event_id, config) == []
+
+
+async def test_transient_failures_are_retried_then_sent(
+    sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
+) -> None:
+    channel = FlakyChannel(TransientDeliveryError("SMTP 451"), TransientDeliveryError("refused"))
+    config = DeliveryConfig(team_emails=TEAM[:1], sender="s@hd.test", channels={"email": channel})
+    (delivery_id,) = await plan(sessions, await new_ticket_event(sessions), config)
+
+    assert await run(sessions, delivery_id, config) is Outcome.RETRY
+    assert db.execute("SELECT status, attempts, last_error FROM deliveries").fetchone() == (
+        "pending",
+        1,
+        "SMTP 451",
+    )
+    assert db.execute("SELECT completed_at FROM ticket_events").fetchone() == (None,)
+    assert await run(sessions, delivery_id, config) is Outcome.RETRY
+    assert await run(sessions, delivery_id, config) is Outcome.SENT
+    assert len(channel.sent) == 1
+    assert db.execute("SELECT status, attempts FROM deliveries").fetchone() == ("sent", 3)
+
+
+async def test_permanent_failure_is_recorded_and_never_retried(
+    sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
+) -> None:
+    channel = FlakyChannel(PermanentDeliveryError("SMTP 550 no such user"))
+    config = DeliveryConfig(team_emails=TEAM[:1], sender="s@hd.test", channels={"email": channel})
+    event_id = await new_ticket_event(sessions)
+    (delivery_id,) = await plan(sessions, event_id, config)
+
+    assert await run(sessions, delivery_id, config) is Outcome.FAILED
+    assert await run(sessions, delivery_id, config) is Outcome.SKIPPED
+    assert channel.sent == []
+    row = db.execute("SELECT status, attempts, last_error FROM deliveries").fetchone()
+    assert row == ("failed", 1, "SMTP 550 no such user")
+    # A failed delivery is finished work: the event is complete and will not be re-published.
+    assert db.execute("SELECT completed_at IS NOT NULL FROM ticket_events").fetchone() == (True,)
+
+
+async def test_transient_failures_give_up_after_max_attempts(
+    sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
+) -> None:
+    channel = FlakyChannel(*[TransientDeliveryError("down")] * 5)
+    config = DeliveryConfig(
+        team_emails=TEAM[:1], sender="s@hd.test", channels={"email": channel}, max_attempts=3
+    )
+    (delivery_id,) = await plan(sessions, await new_ticket_event(sessions), config)
+    outcomes = [await run(sessions, delivery_id, config) for _ in range(4)]
+    assert outcomes == [Outcome.RETRY, Outcome.RETRY, Outcome.FAILED, Outcome.SKIPPED]
+    status, error = db.execute("SELECT status, last_error FROM deliveries").fetchone() or ()
+    assert status == "failed" and "gave up after 3 attempts" in error
+
+
+async def test_event_with_nobody_to_tell_completes_at_once(
+    sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
+) -> None:
+    config = DeliveryConfig(team_emails=(), sender="s@hd.test", channels={})
+    assert await plan(sessions, await new_ticket_event(sessions), config) == []
+    assert db.execute("SELECT completed_at IS NOT NULL FROM ticket_events").fetchone() == (True,)
+    assert db.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)
