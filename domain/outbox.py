@@ -20,6 +20,7 @@ from domain.models import TicketEvent
 EVENTS_QUEUE = "events"
 NOTIFICATIONS_QUEUE = "notifications"
 MAINTENANCE_QUEUE = "maintenance"
+SLA_QUEUE = "sla"
 DISPATCH_ACTOR = "dispatch_event"
 
 

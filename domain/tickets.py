@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain import events
 from domain.errors import NotFound, TicketClosed
-from domain.ids import is_valid_id, isoformat_z, new_id, utcnow
+from domain.ids import is_valid_id, new_id, utcnow
 from domain.lifecycle import Priority, Status, Trigger, check_transition
 from domain.models import Message, Staff, Ticket
 from domain.policies import TimePolicy, sla_applies, update_sla_clock
@@ -193,7 +193,7 @@ class TicketService:
             type=events.TICKET_CREATED,
             actor_id=caller.user_id,
             actor_is_admin=False,
-            payload={"message_id": message.id, "priority": ticket.priority},
+            payload=self._created_payload(ticket, message),
             now=now,
         )
         await session.flush()
@@ -274,6 +274,14 @@ class TicketService:
 
     # -- helpers -------------------------------------------------------------------------------
 
+    @staticmethod
+    def _created_payload(ticket: Ticket, message: Message) -> dict[str, Any]:
+        payload: dict[str, Any] = {"message_id": message.id, "priority": ticket.priority}
+        if ticket.sla_due_at is not None:
+            # Full precision: a worker sets a wake-up message for this exact moment.
+            payload["sla_due_at"] = ticket.sla_due_at.isoformat()
+        return payload
+
     def _touch_and_record(
         self,
         session: AsyncSession,
@@ -297,7 +305,7 @@ class TicketService:
     ) -> None:
         payload: dict[str, Any] = {"changes": changes}
         if ticket.sla_due_at is not None:
-            payload["sla_due_at"] = isoformat_z(ticket.sla_due_at)
+            payload["sla_due_at"] = ticket.sla_due_at.isoformat()
         events.record_event(
             session,
             ticket_id=ticket.id,

@@ -6,26 +6,32 @@ Every actor is idempotent: messages may arrive twice (at-least-once delivery).
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import dramatiq
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from domain import events
 from domain.delivery import Outcome, deliver, plan_deliveries
+from domain.models import TicketEvent
 from domain.outbox import (
     DISPATCH_ACTOR,
     EVENTS_QUEUE,
     MAINTENANCE_QUEUE,
     NOTIFICATIONS_QUEUE,
+    SLA_QUEUE,
     claim_events_to_publish,
     mark_published,
 )
+from domain.timers import close_resolved_due, fire_sla_breaches, sla_wakeup_delay
 from workers.broker import broker  # noqa: F401  (the broker must exist before any actor)
 from workers.runtime import runtime
 
 log = structlog.get_logger("workers.actors")
 
 OUTBOX_BATCH = 500
+TIMER_BATCH = 1000
 
 
 @dramatiq.actor(
@@ -41,9 +47,97 @@ async def dispatch_event(event_id: str) -> None:
     rt = runtime()
     async with rt.sessionmaker() as session:
         pending = await plan_deliveries(session, event_id, rt.delivery, rt.clock())
+        wakeup = await _sla_wakeup(session, event_id, rt.clock())
         await session.commit()
     for delivery_id in pending:
         deliver_notification.send(delivery_id)
+    if wakeup is not None:
+        ticket_id, delay = wakeup
+        # A hint, not the truth: the deadline lives in PostgreSQL and the sweep backs this up.
+        check_sla_deadline.send_with_options(args=(ticket_id,), delay=_ms(delay) + 5)
+
+
+async def _sla_wakeup(
+    session: AsyncSession, event_id: str, now: datetime
+) -> tuple[str, timedelta] | None:
+    event = await session.get(TicketEvent, event_id)
+    if event is None or event.type not in (events.TICKET_CREATED, events.TICKET_UPDATED):
+        return None
+    delay = sla_wakeup_delay(event.payload or {}, now)
+    return (event.ticket_id, delay) if delay is not None else None
+
+
+async def _publish_new_events(event_ids: list[str]) -> None:
+    """Hand events a worker just committed to the dispatcher and mark them published."""
+    if not event_ids:
+        return
+    rt = runtime()
+    sent: list[str] = []
+    try:
+        for event_id in event_ids:
+            dispatch_event.send(event_id)
+            sent.append(event_id)
+    finally:
+        async with rt.sessionmaker() as session:
+            await mark_published(session, sent, rt.clock())
+            await session.commit()
+
+
+@dramatiq.actor(
+    queue_name=SLA_QUEUE, max_retries=5, min_backoff=200, max_backoff=5_000, time_limit=30_000
+)
+async def check_sla_deadline(ticket_id: str) -> None:
+    """Wake-up for one urgent ticket's deadline: breach it if it is due and still unmet."""
+    rt = runtime()
+    async with rt.sessionmaker() as session:
+        fired = await fire_sla_breaches(session, rt.clock(), ticket_ids=[ticket_id])
+        await session.commit()
+    await _publish_new_events(fired)
+
+
+@dramatiq.actor(
+    queue_name=SLA_QUEUE,
+    max_retries=0,
+    time_limit=60_000,
+    max_age=5_000,  # the scheduler sends one every fraction of a second; old ones are moot
+)
+async def sweep_sla_deadlines() -> None:
+    """Backstop: breach every urgent ticket whose deadline passed unmet (lost wake-ups too)."""
+    rt = runtime()
+    while True:
+        async with rt.sessionmaker() as session:
+            fired = await fire_sla_breaches(session, rt.clock(), limit=TIMER_BATCH)
+            await session.commit()
+        await _publish_new_events(fired)
+        if len(fired) < TIMER_BATCH:
+            break
+
+
+@dramatiq.actor(
+    queue_name=MAINTENANCE_QUEUE,
+    max_retries=0,
+    time_limit=600_000,
+    max_age=60_000,
+)
+async def close_resolved_tickets_due() -> None:
+    """Close resolved tickets that saw no user activity for AUTO_CLOSE_SECONDS, in batches."""
+    rt = runtime()
+    after = timedelta(seconds=rt.settings.auto_close_seconds)
+    total = 0
+    while True:
+        async with rt.sessionmaker() as session:
+            closed = await close_resolved_due(session, rt.clock(), after=after, limit=TIMER_BATCH)
+            await session.commit()
+        await _publish_new_events(closed)
+        total += len(closed)
+        if len(closed) < TIMER_BATCH:
+            break
+    if total:
+        log.info("auto_close.closed", count=total)
+
+
+def _ms(delta: timedelta) -> int:
+    return int(delta.total_seconds() * 1000)
 
 
 @dramatiq.actor(

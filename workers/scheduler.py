@@ -16,7 +16,7 @@ from types import FrameType
 import structlog
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from workers.actors import publish_outbox
+from workers.actors import close_resolved_tickets_due, publish_outbox, sweep_sla_deadlines
 from workers.broker import settings
 
 log = structlog.get_logger("workers.scheduler")
@@ -37,6 +37,12 @@ def build_scheduler() -> BlockingScheduler:
     scheduler = BlockingScheduler(timezone="UTC")
     jobs: list[tuple[str, Callable[[], object], float]] = [
         ("publish_outbox", publish_outbox.send, settings.outbox_sweep_interval_s),
+        ("sweep_sla_deadlines", sweep_sla_deadlines.send, settings.sla_sweep_interval_s),
+        (
+            "close_resolved_tickets_due",
+            close_resolved_tickets_due.send,
+            settings.auto_close_sweep_interval_s,
+        ),
     ]
     for name, send, interval in jobs:
         scheduler.add_job(

@@ -1,0 +1,153 @@
+"""Timers kept in PostgreSQL: the first-response SLA of urgent tickets and auto-close of resolved
+ones. Firing is a conditional update, so a timer fires at most once, never after it was met or
+cancelled, and any number of duplicated messages or concurrent sweeps change nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from domain import events
+from domain.ids import isoformat_z, new_id
+from domain.lifecycle import Priority, Status
+from domain.models import Ticket, TicketEvent
+from domain.policies import SLA_ACTIVE_STATUSES
+
+# The due rows are picked in a CTE: PostgreSQL runs a locking CTE exactly once, whereas an
+# ``IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`` subquery may be re-run per row and, among
+# equal deadlines, pick different rows each time (closing more than ``limit`` in one batch).
+
+
+def _sla_due(now: datetime) -> Any:
+    """The SQL condition of a first-response deadline that has passed unmet and not yet fired."""
+    return and_(
+        Ticket.sla_due_at <= now,
+        Ticket.sla_breached_at.is_(None),
+        Ticket.first_admin_reply_at.is_(None),
+        Ticket.priority == Priority.URGENT.value,
+        Ticket.status.in_([s.value for s in SLA_ACTIVE_STATUSES]),
+    )
+
+
+def _resolved_due(now: datetime, after: timedelta) -> Any:
+    return and_(Ticket.status == Status.RESOLVED.value, Ticket.resolved_at <= now - after)
+
+
+async def fire_sla_breaches(
+    session: AsyncSession,
+    now: datetime,
+    *,
+    ticket_ids: Sequence[str] | None = None,
+    limit: int = 1000,
+) -> list[str]:
+    """Mark as breached the urgent tickets whose deadline passed unmet (oldest deadline first,
+    at most ``limit``, rows locked with SKIP LOCKED); record one ``ticket.sla_breached`` event
+    each. ``ticket_ids`` restricts it to those tickets (a wake-up message for one timer).
+    Returns the new event ids, to publish after the caller commits."""
+    due = select(Ticket.id).where(_sla_due(now))
+    if ticket_ids is not None:
+        due = due.where(Ticket.id.in_(ticket_ids))
+    due_cte = (
+        due.order_by(Ticket.sla_due_at, Ticket.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("due")
+    )
+    fired = await session.execute(
+        update(Ticket)
+        .where(Ticket.id == due_cte.c.id, _sla_due(now))
+        .values(sla_breached_at=now)
+        .returning(Ticket.id, Ticket.sla_due_at)
+        .execution_options(synchronize_session=False)
+    )
+    rows = [
+        _event_row(
+            ticket_id,
+            events.TICKET_SLA_BREACHED,
+            now,
+            {"sla_due_at": isoformat_z(due_at), "late_ms": _ms(now - due_at)},
+        )
+        for ticket_id, due_at in fired.all()
+        if due_at is not None  # always set: the condition requires it
+    ]
+    return await _insert_events(session, rows)
+
+
+async def close_resolved_due(
+    session: AsyncSession, now: datetime, *, after: timedelta, limit: int = 1000
+) -> list[str]:
+    """Close up to ``limit`` tickets resolved for at least ``after`` with no user activity since
+    (a user reply reopens a ticket and clears ``resolved_at``). One ``ticket.closed`` event with
+    reason ``auto`` each. Returns the new event ids, to publish after the caller commits."""
+    due = (
+        select(Ticket.id)
+        .where(_resolved_due(now, after))
+        .order_by(Ticket.resolved_at, Ticket.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("due")
+    )
+    closed = await session.execute(
+        update(Ticket)
+        .where(Ticket.id == due.c.id, _resolved_due(now, after))
+        .values(status=Status.CLOSED.value, closed_at=now, updated_at=now, resolved_at=None)
+        .returning(Ticket.id)
+        .execution_options(synchronize_session=False)
+    )
+    rows = [
+        _event_row(
+            ticket_id,
+            events.TICKET_CLOSED,
+            now,
+            {"reason": "auto", "previous_status": Status.RESOLVED.value},
+        )
+        for (ticket_id,) in closed.all()
+    ]
+    return await _insert_events(session, rows)
+
+
+def _event_row(ticket_id: str, type: str, now: datetime, payload: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "ticket_id": ticket_id,
+        "type": type,
+        "actor_id": None,
+        "actor_is_admin": False,
+        "payload": payload,
+        "request_id": None,
+        "created_at": now,
+        "publish_count": 0,
+    }
+
+
+async def _insert_events(session: AsyncSession, rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    await session.execute(insert(TicketEvent), rows)
+    return [row["id"] for row in rows]
+
+
+def _ms(delta: timedelta) -> int:
+    return int(delta.total_seconds() * 1000)
+
+
+# Wake-up messages are held in worker memory until due, so only near deadlines get one; the
+# sweep catches the rest (and anything whose message was lost).
+WAKEUP_HORIZON = timedelta(hours=1)
+
+
+def sla_wakeup_delay(payload: dict[str, Any], now: datetime) -> timedelta | None:
+    """How long until the deadline an event announces, if a wake-up message is worth sending."""
+    raw = payload.get("sla_due_at")
+    if not isinstance(raw, str):
+        return None
+    try:
+        due = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    delay = max(due - now, timedelta(0))
+    return delay if delay <= WAKEUP_HORIZON else None
