@@ -110,10 +110,10 @@ async def test_status_filter(
             )
             assert moved.status_code == 200, moved.text
         by_status[status.value] = ticket_id
-    for status, ticket_id in by_status.items():
-        body = (await client.get(f"{ADMIN_URL}?status={status}", headers=admin)).json()
-        assert [t["id"] for t in body["data"]] == [ticket_id], status
-        assert body["data"][0]["status"] == status
+    for wanted, ticket_id in by_status.items():
+        body = (await client.get(f"{ADMIN_URL}?status={wanted}", headers=admin)).json()
+        assert [t["id"] for t in body["data"]] == [ticket_id], wanted
+        assert body["data"][0]["status"] == wanted
         assert body["pagination"]["total"] == 1
     everything = (await client.get(ADMIN_URL, headers=admin)).json()
     assert {t["id"] for t in everything["data"]} == set(by_status.values())
