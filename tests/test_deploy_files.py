@@ -355,7 +355,6 @@ def check_compose(document: dict[str, Any], report: ImportReport, root: Path = R
     check_imports(imports, report)
 
 
-@pytest.mark.skipif(not COMPOSE.exists(), reason="docker-compose.yml is not written yet")
 def test_compose_services_and_commands(import_report: ImportReport) -> None:
     check_compose(yaml.safe_load(COMPOSE.read_text()), import_report)
 
