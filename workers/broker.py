@@ -30,7 +30,8 @@ class WorkerRuntime(Middleware):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def after_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+    # Before boot, not after: the worker's threads start consuming before after_worker_boot.
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         configure_logging(self.settings)
         runtime.start(self.settings)
 
