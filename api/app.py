@@ -17,6 +17,7 @@ from api.auth import TokenVerifier
 from api.deps import EventPublisher, provide_admin, provide_caller, provide_service, provide_session
 from api.errors import EXCEPTION_HANDLERS
 from api.publisher import make_publisher
+from api.rate_limit import UserRateLimiter
 from api.request_log import request_log_middleware
 from api.routes.admin_tickets import AdminTicketController
 from api.routes.health import healthz, readyz
@@ -92,4 +93,14 @@ def create_app(
 def _initial_state(
     settings: Settings, verifier: TokenVerifier, policy: TimePolicy
 ) -> dict[str, object]:
-    return {"settings": settings, "verifier": verifier, "service": TicketService(policy)}
+    limiter = (
+        UserRateLimiter(settings.redis_url, settings.rate_limit_per_minute)
+        if settings.rate_limit_per_minute > 0
+        else None
+    )
+    return {
+        "settings": settings,
+        "verifier": verifier,
+        "service": TicketService(policy),
+        "rate_limiter": limiter,
+    }

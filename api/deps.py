@@ -12,6 +12,7 @@ from litestar.exceptions import PermissionDeniedException
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.auth import TokenVerifier, bearer_token
+from api.rate_limit import UserRateLimiter
 from domain.events import take_pending_event_ids
 from domain.tickets import Caller, TicketService
 
@@ -35,8 +36,13 @@ class NoPublisher:
 
 
 async def provide_caller(request: Request[Any, Any, Any]) -> Caller:
-    verifier: TokenVerifier = request.app.state.verifier
-    return verifier.verify(bearer_token(request.headers.get("authorization")))
+    state = request.app.state
+    verifier: TokenVerifier = state.verifier
+    caller = verifier.verify(bearer_token(request.headers.get("authorization")))
+    limiter: UserRateLimiter | None = state.rate_limiter
+    if limiter is not None:
+        await limiter.check(caller.user_id)
+    return caller
 
 
 async def provide_admin(caller: CallerDep) -> Caller:

@@ -95,7 +95,7 @@ class Settings:
     auto_close_sweep_interval_s: float = 30.0
     db_pool_size: int = 10
     max_body_bytes: int = 64 * 1024
-    rate_limit_per_minute: int = 0
+    rate_limit_per_minute: int = 600
 
     @property
     def is_development(self) -> bool:
@@ -194,5 +194,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ),
         db_pool_size=_int(env, "DB_POOL_SIZE", 10, minimum=1),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", 64 * 1024, minimum=1024),
-        rate_limit_per_minute=_int(env, "RATE_LIMIT_PER_MINUTE", 0),
+        rate_limit_per_minute=_int(env, "RATE_LIMIT_PER_MINUTE", 600),
     )

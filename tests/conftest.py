@@ -171,6 +171,7 @@ def settings(clean_db: str, public_pem: str) -> Settings:
             "DATABASE_URL": clean_db,
             "REDIS_URL": TEST_REDIS_URL,
             "LOG_FORMAT": "json",
+            "RATE_LIMIT_PER_MINUTE": "0",  # tests/test_abuse.py turns it on
         }
     )
     return replace(base, jwt_public_key=public_pem)
@@ -200,7 +201,10 @@ TEAM = ("team@support.test", "oncall@support.test")
 
 @pytest.fixture
 def service_env(
-    clean_db: str, redis_client: redis.Redis, smtp_sink: SmtpSink, slack_sink: HttpSink,
+    clean_db: str,
+    redis_client: redis.Redis,
+    smtp_sink: SmtpSink,
+    slack_sink: HttpSink,
     public_pem: str,
 ) -> dict[str, str]:
     """Environment for real worker/scheduler processes, pointing at the test sinks."""
@@ -216,6 +220,7 @@ def service_env(
         ADMIN_EMAILS=",".join(TEAM),
         SLACK_WEBHOOK_URL=slack_sink.url,
         LOG_FORMAT="json",
+        RATE_LIMIT_PER_MINUTE="0",
         OUTBOX_SWEEP_INTERVAL_SECONDS="0.5",
         OUTBOX_PUBLISH_GRACE_SECONDS="1",
         OUTBOX_REPUBLISH_AFTER_SECONDS="5",
