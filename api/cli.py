@@ -73,9 +73,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the API under Granian (replaces this process, so signals reach the server directly)."""
     settings = load_settings()
-    from api.app import create_app
+    from api.auth import TokenVerifier
 
-    create_app(settings)  # fail here, with a clear message, if the configuration is wrong
+    TokenVerifier(settings)  # fail here, with a clear message, if no token key is configured
     workers = args.workers or int(os.environ.get("API_WORKERS", "0") or 0) or (os.cpu_count() or 1)
     argv = [
         "granian",

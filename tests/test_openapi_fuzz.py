@@ -1,0 +1,102 @@
+"""Property-based run of the whole API against its own OpenAPI document (schemathesis), with
+valid tokens, against a real server process: no 5xx, and every response is one the document
+describes (status code, content type, body schema)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import psycopg
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.conftest import TEST_REDIS_URL, TokenFactory, auth
+from tests.processes import ROOT
+from tests.sinks import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def live_server(database_url: str, public_pem: str) -> Iterator[str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "APP_ENV": "production",
+        "DATABASE_URL": database_url,
+        "REDIS_URL": TEST_REDIS_URL,
+        "JWT_PUBLIC_KEY": public_pem,
+        "PORT": str(port),
+        "RATE_LIMIT_PER_MINUTE": "0",
+        "LOG_LEVEL": "WARNING",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.cli", "serve", "--workers", "1"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the API server did not start")
+        time.sleep(0.2)
+    yield base
+    proc.terminate()
+    proc.wait(20)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("TRUNCATE tickets, messages, ticket_events, deliveries, staff CASCADE")
+
+
+@pytest.fixture(scope="module")
+def api_schema(live_server: str) -> schemathesis.schemas.BaseSchema:
+    return schemathesis.openapi.from_url(f"{live_server}/schema/openapi.json")
+
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+
+
+def test_every_operation_answers_as_documented(
+    api_schema: schemathesis.schemas.BaseSchema, make_token: TokenFactory
+) -> None:
+    headers = auth(make_token("fuzzer", admin=True, email="fuzz@example.com"))
+    operations = [result.ok() for result in api_schema.get_all_operations()]
+    assert len(operations) >= 9  # every endpoint of the contract plus the health probes
+
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(
+            max_examples=60,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        def answers_as_documented(case: schemathesis.Case) -> None:
+            case.call_and_validate(headers=headers, checks=CHECKS)
+
+        answers_as_documented()
