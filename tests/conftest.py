@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
-from tests.sinks import HttpSink, SmtpSink
 from api.cli import ensure_database, migrate
 from domain.settings import Settings, load_settings
+from tests.sinks import HttpSink, SmtpSink
 
 TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/helpdesk_test"
