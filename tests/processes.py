@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -143,3 +144,62 @@ class PrivateRedis:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of our own (initdb into a temp dir, random port, trust auth), for
+    tests that stop and start the database. Runs as the ``postgres`` system user when we are
+    root, since PostgreSQL refuses to run as root."""
+
+    def __init__(self) -> None:
+        import glob
+        import shutil
+
+        from tests.sinks import free_port
+
+        versions = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
+        self.bin = Path(versions[-1]) if versions else Path(shutil.which("pg_ctl") or "").parent
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="helpdesk-pg-"))
+        self.data = self.dir / "data"
+        self.as_postgres = os.geteuid() == 0
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/helpdesk"
+
+    def _run(self, *argv: str) -> None:
+        command = [str(self.bin / argv[0]), *argv[1:]]
+        if self.as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, cwd=self.dir)
+
+    def init(self) -> PrivatePostgres:
+        if self.as_postgres:
+            subprocess.run(["chown", "postgres", str(self.dir)], check=True)
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        return self
+
+    def start(self) -> PrivatePostgres:
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-w",
+            "-l",
+            str(self.dir / "log"),
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "start",
+        )
+        return self
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
+    def destroy(self) -> None:
+        import shutil
+
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
