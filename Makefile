@@ -5,13 +5,14 @@ SHELL := /bin/bash
 # uv manages the virtualenv from uv.lock; install it with pip when it is missing.
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
-.PHONY: help install run migrate test lint format bench clean
+.PHONY: help install run migrate test lint format bench faults clean
 
 help:
 	@echo "make run    install, create + migrate the database, run API, workers and scheduler"
 	@echo "make test   run the test suite against the local PostgreSQL and Redis"
 	@echo "make lint   ruff + mypy"
-	@echo "make bench  run the benchmarks (see bench/README.md)"
+	@echo "make bench  run the benchmarks, write docs/benchmarks.md"
+	@echo "make faults run the fault suite, write docs/reliability.md"
 
 install:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -39,6 +40,9 @@ format: install
 
 bench: install
 	$(UV) run python -m bench.run_all
+
+faults: install
+	$(UV) run python -m bench.faults
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache
