@@ -6,10 +6,15 @@ Every actor is idempotent: messages may arrive twice (at-least-once delivery).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import ParamSpec
 
 import dramatiq
 import structlog
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain import events
@@ -30,6 +35,27 @@ from workers.runtime import runtime
 
 log = structlog.get_logger("workers.actors")
 
+P = ParamSpec("P")
+DB_DOWN_RETRY_MS = 2_000
+
+
+def retry_soon_if_database_down(
+    fn: Callable[P, Awaitable[None]],
+) -> Callable[P, Awaitable[None]]:
+    """A database outage is not the message's fault: retry it every two seconds rather than on
+    the actor's growing backoff, so work resumes within moments of PostgreSQL coming back."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> None:
+        try:
+            await fn(*args, **kwargs)
+        except (OperationalError, PoolTimeout) as exc:
+            log.warning("actor.database_unavailable", actor=fn.__name__, error=type(exc).__name__)
+            raise dramatiq.Retry("database unavailable", delay=DB_DOWN_RETRY_MS) from exc
+
+    return wrapper
+
+
 OUTBOX_BATCH = 500
 TIMER_BATCH = 1000
 
@@ -42,6 +68,7 @@ TIMER_BATCH = 1000
     max_backoff=30_000,
     time_limit=30_000,
 )
+@retry_soon_if_database_down
 async def dispatch_event(event_id: str) -> None:
     """Record who must hear of an event (ledger rows) and queue one delivery per recipient."""
     rt = runtime()
@@ -86,6 +113,7 @@ async def _publish_new_events(event_ids: list[str]) -> None:
 @dramatiq.actor(
     queue_name=SLA_QUEUE, max_retries=5, min_backoff=200, max_backoff=5_000, time_limit=30_000
 )
+@retry_soon_if_database_down
 async def check_sla_deadline(ticket_id: str) -> None:
     """Wake-up for one urgent ticket's deadline: breach it if it is due and still unmet."""
     rt = runtime()
@@ -149,6 +177,7 @@ def _ms(delta: timedelta) -> int:
     max_backoff=60_000,
     time_limit=60_000,
 )
+@retry_soon_if_database_down
 async def deliver_notification(delivery_id: str) -> None:
     """Send one notification unless the ledger says it was already sent (or given up on)."""
     rt = runtime()
