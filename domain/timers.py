@@ -7,9 +7,21 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, select, text, update
+from sqlalchemy import (
+    ARRAY,
+    Integer,
+    String,
+    Table,
+    and_,
+    any_,
+    bindparam,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain import events
@@ -21,21 +33,77 @@ from domain.policies import SLA_ACTIVE_STATUSES
 # The due rows are picked in a CTE: PostgreSQL runs a locking CTE exactly once, whereas an
 # ``IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`` subquery may be re-run per row and, among
 # equal deadlines, pick different rows each time (closing more than ``limit`` in one batch).
+#
+# The statements are built once, with bind parameters, on the table (Core) rather than through
+# the ORM: a wake-up message fires one timer, and building the statement and its cache key and
+# going through the ORM's bulk-update machinery cost more CPU than running it.
+
+_tickets = cast(Table, Ticket.__table__)
+_t = _tickets.c
+
+# A first-response deadline that has passed unmet and not yet fired; a resolved ticket due to
+# close (``cutoff`` = now - the auto-close delay).
+_SLA_DUE = and_(
+    _t.sla_due_at <= bindparam("now"),
+    _t.sla_breached_at.is_(None),
+    _t.first_admin_reply_at.is_(None),
+    _t.priority == Priority.URGENT.value,
+    _t.status.in_(sorted(s.value for s in SLA_ACTIVE_STATUSES)),
+)
+# 'resolved' is written into the statement, not bound: then even a generic plan of the prepared
+# statement can use the partial index on resolved_at (WHERE status = 'resolved').
+_RESOLVED_DUE = and_(
+    _t.status == literal(Status.RESOLVED.value, literal_execute=True),
+    _t.resolved_at <= bindparam("cutoff"),
+)
 
 
-def _sla_due(now: datetime) -> Any:
-    """The SQL condition of a first-response deadline that has passed unmet and not yet fired."""
-    return and_(
-        Ticket.sla_due_at <= now,
-        Ticket.sla_breached_at.is_(None),
-        Ticket.first_admin_reply_at.is_(None),
-        Ticket.priority == Priority.URGENT.value,
-        Ticket.status.in_([s.value for s in SLA_ACTIVE_STATUSES]),
+def _fire_sla(*where: Any) -> Any:
+    """Breach the due timers (``where`` narrows them), oldest deadline first, ``limit`` at most."""
+    due = (
+        select(_t.id)
+        .where(_SLA_DUE, *where)
+        .order_by(_t.sla_due_at, _t.id)
+        .limit(bindparam("limit", type_=Integer))
+        .with_for_update(skip_locked=True)
+        .cte("due")
+    )
+    return (
+        update(_tickets)
+        .where(_t.id == due.c.id, _SLA_DUE)
+        .values(sla_breached_at=bindparam("now"))
+        .returning(_t.id, _t.sla_due_at)
     )
 
 
-def _resolved_due(now: datetime, after: timedelta) -> Any:
-    return and_(Ticket.status == Status.RESOLVED.value, Ticket.resolved_at <= now - after)
+_FIRE_SLA = _fire_sla()
+_FIRE_SLA_OF = _fire_sla(_t.id == any_(bindparam("ticket_ids", type_=ARRAY(String))))
+
+
+def _close_due() -> Any:
+    """Close the resolved tickets due, oldest resolution first, ``limit`` at most."""
+    due = (
+        select(_t.id)
+        .where(_RESOLVED_DUE)
+        .order_by(_t.resolved_at, _t.id)
+        .limit(bindparam("limit", type_=Integer))
+        .with_for_update(skip_locked=True)
+        .cte("due")
+    )
+    return (
+        update(_tickets)
+        .where(_t.id == due.c.id, _RESOLVED_DUE)
+        .values(
+            status=Status.CLOSED.value,
+            closed_at=bindparam("now"),
+            updated_at=bindparam("now"),
+            resolved_at=None,
+        )
+        .returning(_t.id)
+    )
+
+
+_CLOSE_DUE = _close_due()
 
 
 async def fire_sla_breaches(
@@ -49,22 +117,12 @@ async def fire_sla_breaches(
     at most ``limit``, rows locked with SKIP LOCKED); record one ``ticket.sla_breached`` event
     each. ``ticket_ids`` restricts it to those tickets (a wake-up message for one timer).
     Returns the new event ids, to publish after the caller commits."""
-    due = select(Ticket.id).where(_sla_due(now))
+    params: dict[str, Any] = {"now": now, "limit": limit}
+    statement = _FIRE_SLA
     if ticket_ids is not None:
-        due = due.where(Ticket.id.in_(ticket_ids))
-    due_cte = (
-        due.order_by(Ticket.sla_due_at, Ticket.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("due")
-    )
-    fired = await session.execute(
-        update(Ticket)
-        .where(Ticket.id == due_cte.c.id, _sla_due(now))
-        .values(sla_breached_at=now)
-        .returning(Ticket.id, Ticket.sla_due_at)
-        .execution_options(synchronize_session=False)
-    )
+        statement = _FIRE_SLA_OF
+        params["ticket_ids"] = list(ticket_ids)
+    fired = await session.execute(statement, params)
     rows = [
         (ticket_id, {"sla_due_at": isoformat_z(due_at), "late_ms": _ms(now - due_at)})
         for ticket_id, due_at in fired.all()
@@ -85,21 +143,7 @@ async def close_resolved_due(
     """Close up to ``limit`` tickets resolved for at least ``after`` with no user activity since
     (a user reply reopens a ticket and clears ``resolved_at``). One ``ticket.closed`` event with
     reason ``auto`` each. Returns the new event ids, to publish after the caller commits."""
-    due = (
-        select(Ticket.id)
-        .where(_resolved_due(now, after))
-        .order_by(Ticket.resolved_at, Ticket.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("due")
-    )
-    closed = await session.execute(
-        update(Ticket)
-        .where(Ticket.id == due.c.id, _resolved_due(now, after))
-        .values(status=Status.CLOSED.value, closed_at=now, updated_at=now, resolved_at=None)
-        .returning(Ticket.id)
-        .execution_options(synchronize_session=False)
-    )
+    closed = await session.execute(_CLOSE_DUE, {"now": now, "cutoff": now - after, "limit": limit})
     ticket_ids = list(closed.scalars())
     return await _insert_events(
         session, events.TICKET_CLOSED, now, ticket_ids, [_AUTO_CLOSED_PAYLOAD] * len(ticket_ids)
