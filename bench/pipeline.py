@@ -1028,7 +1028,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="extra environment for every service, e.g. NOTIFICATION_PROCESSES=2",
+        help="extra environment for every service, e.g. NOTIFICATION_PROCESSES=1",
     )
     parser.add_argument(
         "--database-url",
