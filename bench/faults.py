@@ -29,7 +29,14 @@ import psycopg
 
 from api.cli import ensure_database, migrate
 from domain.devkey import ensure_dev_keypair
-from tests.processes import ROOT, PrivatePostgres, PrivateRedis, ServiceProcess, dramatiq_workers
+from tests.processes import (
+    ROOT,
+    ApiServer,
+    PrivatePostgres,
+    PrivateRedis,
+    ServiceProcess,
+    dramatiq_workers,
+)
 from tests.processes import scheduler as scheduler_process
 from tests.sinks import SmtpSink, free_port
 
@@ -87,19 +94,12 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Stack:
-        self.api = ServiceProcess(
-            [sys.executable, "-m", "api.cli", "serve", "--workers", "1"], self.env, None
-        ).start()
+        self.api = ApiServer(self.env, workers=1).start()
         self.notifications = self.start_notifications()
         self.others = [
             dramatiq_workers(self.env, ["events", "sla", "maintenance"], threads=8).start(),
             scheduler_process(self.env).start(),
         ]
-        deadline = time.monotonic() + 120
-        while not _healthy(self.base_url):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the API server did not start:\n" + self.api.output()[-2000:])
-            time.sleep(0.2)
         return self
 
     def start_notifications(self) -> ServiceProcess:
@@ -117,13 +117,6 @@ class Stack:
         for process in [self.api, self.notifications, *self.others]:
             if process is not None:
                 process.stop()
-
-
-def _healthy(base_url: str) -> bool:
-    try:
-        return httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 async def steady_writes(

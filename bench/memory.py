@@ -13,12 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import jwt
 
 from api.cli import ensure_database, migrate
 from domain.devkey import ensure_dev_keypair
-from tests.processes import ROOT, ServiceProcess, dramatiq_workers
+from tests.processes import ROOT, ApiServer, dramatiq_workers
 from tests.sinks import SmtpSink, free_port
 
 DATABASE_URL = "postgresql://root@127.0.0.1:5432/helpdesk_bench_memory"
@@ -61,23 +60,13 @@ def measure_memory_after_load(seconds: int = 15, connections: int = 32) -> dict[
         RATE_LIMIT_PER_MINUTE="0",
         LOG_FORMAT="json",
     )
-    api = ServiceProcess([sys.executable, "-m", "api.cli", "serve"], env, None).start()
+    api = ApiServer(env).start()
     workers = [
         dramatiq_workers(env, ["events"], threads=8).start(),
         dramatiq_workers(env, ["notifications"], threads=16).start(),
     ]
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the API did not start")
-            time.sleep(0.2)
+        base = api.base_url
         private_pem, _ = ensure_dev_keypair(ROOT / ".devkeys")
         now = int(time.time())
         token = jwt.encode(

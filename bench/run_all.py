@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tests.sinks import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs"
@@ -64,7 +66,17 @@ def http_runs(stamp: str, duration: float) -> dict[int, dict[str, Any]]:
     rows: dict[int, dict[str, Any]] = {}
     for connections in CONNECTIONS:
         label = f"{stamp}-c{connections}"
-        run("bench.http_load", "-c", str(connections), "-d", str(duration), "--label", label)
+        run(
+            "bench.http_load",
+            "-c",
+            str(connections),
+            "-d",
+            str(duration),
+            "--label",
+            label,
+            "--port",
+            str(free_port()),
+        )
         doc = newest("http_load", label)
         if doc:
             rows[connections] = doc["results"]

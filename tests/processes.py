@@ -203,3 +203,30 @@ class PrivatePostgres:
         with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ApiServer(ServiceProcess):
+    """``helpdesk serve`` on 127.0.0.1:PORT (from ``env``), ready once /healthz answers."""
+
+    def __init__(self, env: dict[str, str], *, workers: int | None = None) -> None:
+        argv = [sys.executable, "-m", "api.cli", "serve"]
+        if workers:
+            argv += ["--workers", str(workers)]
+        super().__init__(argv, env, ready_text=None)
+        self.base_url = f"http://127.0.0.1:{env['PORT']}"
+
+    def start(self, timeout: float = 120.0) -> ApiServer:
+        import httpx
+
+        super().start()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            assert self.proc is not None
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the API server did not start:\n{self.output()[-3000:]}")
+            time.sleep(0.2)

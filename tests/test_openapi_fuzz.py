@@ -5,12 +5,8 @@ describes (status code, content type, body schema)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 
-import httpx
 import psycopg
 import pytest
 import schemathesis
@@ -23,7 +19,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import TEST_REDIS_URL, TokenFactory, auth
-from tests.processes import ROOT
+from tests.processes import ApiServer
 from tests.sinks import free_port
 
 pytestmark = pytest.mark.slow
@@ -42,27 +38,9 @@ def live_server(database_url: str, public_pem: str) -> Iterator[str]:
         "RATE_LIMIT_PER_MINUTE": "0",
         "LOG_LEVEL": "WARNING",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "serve", "--workers", "1"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the API server did not start")
-        time.sleep(0.2)
-    yield base
-    proc.terminate()
-    proc.wait(20)
+    server = ApiServer(env, workers=1).start()
+    yield server.base_url
+    server.stop()
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("TRUNCATE tickets, messages, ticket_events, deliveries, staff CASCADE")
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Response, get
 from litestar.datastructures import State
+from litestar.openapi.datastructures import ResponseSpec
 from sqlalchemy import text
 
 
@@ -14,7 +15,17 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", tags=["health"], summary="The database is reachable")
+@get(
+    "/readyz",
+    tags=["health"],
+    summary="The database is reachable",
+    responses={
+        503: ResponseSpec(
+            data_container=dict[str, str],
+            description="The database is unreachable; retry after the seconds in Retry-After.",
+        )
+    },
+)
 async def readyz(state: State) -> Response[dict[str, Any]]:
     try:
         async with state.engine.connect() as connection:
