@@ -33,7 +33,7 @@ RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs"
 IMG = DOCS / "img"
 CONNECTIONS = (1, 8, 32, 128)
-PIPELINE_RATES = (50, 100, 200, 300, 400)
+PIPELINE_RATES = (50, 100, 200, 400)
 
 
 def run(module: str, *args: str) -> None:
@@ -62,7 +62,7 @@ def ensure_tools() -> None:
 # -- runs -------------------------------------------------------------------------------------
 
 
-def http_runs(stamp: str, duration: float) -> dict[int, dict[str, Any]]:
+def http_runs(stamp: str, duration: float, patience: list[str]) -> dict[int, dict[str, Any]]:
     rows: dict[int, dict[str, Any]] = {}
     for connections in CONNECTIONS:
         label = f"{stamp}-c{connections}"
@@ -76,6 +76,7 @@ def http_runs(stamp: str, duration: float) -> dict[int, dict[str, Any]]:
             label,
             "--port",
             str(free_port()),
+            *patience,
         )
         doc = newest("http_load", label)
         if doc:
@@ -83,7 +84,7 @@ def http_runs(stamp: str, duration: float) -> dict[int, dict[str, Any]]:
     return rows
 
 
-def pipeline_runs(stamp: str, seconds_per_rate: float) -> dict[str, Any]:
+def pipeline_runs(stamp: str, seconds_per_rate: float, patience: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"rates": {}, "drain": None}
     for rate in PIPELINE_RATES:
         label = f"{stamp}-r{rate}"
@@ -100,6 +101,7 @@ def pipeline_runs(stamp: str, seconds_per_rate: float) -> dict[str, Any]:
             str(max(20, rate)),
             "--label",
             label,
+            *patience,
         )
         doc = newest("pipeline", label)
         if doc and "latency" in doc["results"]:
@@ -108,15 +110,15 @@ def pipeline_runs(stamp: str, seconds_per_rate: float) -> dict[str, Any]:
             if lat.get("achieved_rate", rate) < 0.8 * rate or not lat.get("all_arrived", True):
                 break  # saturated: higher rates only measure the queue
     label = f"{stamp}-drain"
-    run("bench.pipeline", "--phase", "drain", "--label", label)
+    run("bench.pipeline", "--phase", "drain", "--label", label, *patience)
     doc = newest("pipeline", label)
     if doc:
         out["drain"] = doc["results"].get("drain")
     return out
 
 
-def timer_runs(stamp: str, tickets: int) -> dict[str, Any] | None:
-    run("bench.timers", "--tickets", str(tickets), "--tag", f"{stamp}-timers")
+def timer_runs(stamp: str, tickets: int, patience: list[str]) -> dict[str, Any] | None:
+    run("bench.timers", "--tickets", str(tickets), "--tag", f"{stamp}-timers", *patience)
     return newest("timers", f"{stamp}-timers")
 
 
@@ -357,9 +359,15 @@ def main() -> int:
     IMG.mkdir(parents=True, exist_ok=True)
     ensure_tools()
 
-    http = http_runs(stamp, duration=5 if args.quick else 10)
-    pipeline = pipeline_runs(stamp, seconds_per_rate=5 if args.quick else 10)
-    timers = timer_runs(stamp, tickets=20_000 if args.quick else 100_000)
+    # --quick: one attempt per measurement and little waiting for a quiet machine.
+    http = http_runs(
+        stamp,
+        5 if args.quick else 10,
+        ["--attempts", "1", "--quiet-timeout", "5"] if args.quick else [],
+    )
+    quiet = ["--quiet-timeout", "5"] if args.quick else []
+    pipeline = pipeline_runs(stamp, 5 if args.quick else 10, quiet)
+    timers = timer_runs(stamp, 20_000 if args.quick else 100_000, quiet)
     memory = process_memory()
     plots = plot_http(http) + plot_pipeline(pipeline)
     write_report(http, pipeline, timers, memory, plots, started)
