@@ -402,15 +402,26 @@ def procfile_commands(env: dict[str, str]) -> dict[str, str]:
 
 
 def procfile_service(name: str, command: str, env: dict[str, str], log_dir: Path) -> Service:
-    # Like honcho: each line runs through /bin/sh -c (exec, so the pid is the service's).
-    service = Service(name, ["/bin/sh", "-c", f"exec {command}"], env, log_dir / f"{name}.log")
-    argv = shlex.split(command)
-    if argv and argv[0] == "dramatiq":
+    # Like honcho: each line runs through /bin/sh -c, with exec so the pid is the service's.
+    # Leading NAME=value words set the command's environment (`exec NAME=value cmd` would try
+    # to run "NAME=value"), so they go into the environment here.
+    words = shlex.split(command)
+    extra: dict[str, str] = {}
+    while words and re.fullmatch(r"[A-Za-z_]\w*=.*", words[0]):
+        key, _, value = words.pop(0).partition("=")
+        extra[key] = value
+    service = Service(
+        name,
+        ["/bin/sh", "-c", "exec " + shlex.join(words)],
+        {**env, **extra},
+        log_dir / f"{name}.log",
+    )
+    if words and words[0] == "dramatiq":
         service.ready_text = "ready for action"
         for flag in ("--processes", "-p"):
-            if flag in argv:
-                service.ready_count = int(argv[argv.index(flag) + 1])
-        if "--processes" not in argv and "-p" not in argv:
+            if flag in words:
+                service.ready_count = int(words[words.index(flag) + 1])
+        if "--processes" not in words and "-p" not in words:
             service.ready_count = os.cpu_count() or 1  # dramatiq's default
     elif "workers.scheduler" in command:
         service.ready_text = "scheduler.started"
@@ -1107,11 +1118,11 @@ def main(argv: list[str] | None = None) -> int:
                     results[phase] = measure_latency(args, stack, database)
                 else:
                     results[phase] = measure_drain(args, stack, database)
-                procfile = stack.commands
             except (RuntimeError, OSError, psycopg.Error, subprocess.SubprocessError) as exc:
                 results[phase] = {"error": f"{type(exc).__name__}: {exc}"}
                 print(f"{phase}: failed: {exc}", file=sys.stderr)
             finally:
+                procfile = stack.commands or procfile
                 stack.stop()
     finally:
         redis_service.stop()
