@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.models import TicketEvent
@@ -44,7 +44,11 @@ async def claim_events_to_publish(
             or_(
                 (TicketEvent.published_at.is_(None))
                 & (TicketEvent.created_at <= now - unpublished_grace),
-                TicketEvent.published_at <= now - republish_after,
+                # Each re-publish waits twice as long as the one before (capped at 32x): a
+                # long backlog is not flooded with copies of events still waiting their turn.
+                TicketEvent.published_at
+                + republish_after * func.power(2, func.least(TicketEvent.publish_count - 1, 5))
+                <= now,
             ),
         )
         .order_by(TicketEvent.id)
