@@ -198,6 +198,14 @@ def count(
     return outcome
 
 
+def ledger_note(url: str) -> str:
+    with psycopg.connect(url) as conn:
+        rows = dict(
+            conn.execute("SELECT status, count(*) FROM deliveries GROUP BY status").fetchall()
+        )
+    return f"delivery ledger at the end of the run: {rows}"
+
+
 def fresh_database(url: str) -> str:
     info = psycopg.conninfo.conninfo_to_dict(url)
     name = str(info["dbname"])
@@ -351,7 +359,9 @@ async def smtp_refusing_for_a_minute(rate: float) -> Outcome:
             "deliveries retry with exponential backoff capped at 60 s, so the last refused "
             "emails arrive up to a minute after the server accepts again"
         )
-        return count(outcome, results, sink, fault_over_at=time.monotonic(), drain_timeout_s=240)
+        outcome = count(outcome, results, sink, fault_over_at=time.monotonic(), drain_timeout_s=240)
+        outcome.notes.append(ledger_note(SHARED_DB))
+        return outcome
     finally:
         stack.stop()
         sink.stop()
@@ -374,7 +384,9 @@ def write_report(outcomes: list[Outcome], rate: float) -> None:
         f"scheduler, sends new tickets at a steady {rate:g} per second, breaks one thing, and then",
         "counts every email the SMTP server accepted (one per ticket, to the team address).",
         "",
-        "- **lost**: tickets answered `201` whose notification never arrived (goal 0);",
+        "- **lost**: tickets answered `201` whose email had not arrived when the run gave up",
+        "  waiting (goal 0); the notes say whether the ledger still holds them as pending, i.e.",
+        "  delayed past the run's patience rather than gone;",
         "- **duplicated**: emails beyond one per ticket (goal 0; delivery is at least once,",
         "  so a send in flight when a worker dies can repeat);",
         "- **recovery**: from the end of the fault until the last missing email arrived.",
