@@ -77,6 +77,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     TokenVerifier(settings)  # fail here, with a clear message, if no token key is configured
     workers = args.workers or int(os.environ.get("API_WORKERS", "0") or 0) or (os.cpu_count() or 1)
+    # uvloop (a dependency except on Windows) costs 10-20 % less CPU per request than asyncio
+    # (bench/http_load.py). GRANIAN_LOOP overrides it; other GRANIAN_* variables set the options
+    # not given below.
+    os.environ.setdefault("GRANIAN_LOOP", "uvloop" if _has_uvloop() else "asyncio")
     argv = [
         "granian",
         "--interface",
@@ -88,8 +92,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         str(settings.port),
         "--workers",
         str(workers),
-        "--loop",
-        "uvloop" if _has_uvloop() else "asyncio",
         "--no-ws",
         "--log-level",
         "warning",

@@ -12,6 +12,7 @@ full results as JSON to bench/results/. See bench/README.md.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -124,13 +125,22 @@ class CpuMonitor(threading.Thread):
     """Samples every process while a measurement runs and splits the CPU it used into the app
     server (the server's process tree), PostgreSQL, the load generator and everything else.
 
+    PostgreSQL counts the background processes of the benchmark's server (children of
+    ``postmaster``) and its connections to ``database``; connections to other databases and
+    other PostgreSQL servers (other programs on the machine) count as other load.
     Sampling while it runs (not only before and after) also counts processes that come and go
     within the run, such as pgbench's connections.
     """
 
-    def __init__(self, server_pid: int | None, interval: float = 0.25) -> None:
+    def __init__(
+        self, server_pid: int | None, postmaster: int, database: str, interval: float = 0.25
+    ) -> None:
         super().__init__(daemon=True)
         self.server_pid = server_pid
+        self.postmaster = postmaster
+        self.database = database
+        self._parents: dict[int, int] = {}
+        self._ours: dict[int, bool] = {}  # PostgreSQL process -> serves the benchmark
         self.interval = interval
         self._stop_event = threading.Event()
         self._first: dict[int, float] = {}
@@ -141,17 +151,33 @@ class CpuMonitor(threading.Thread):
         self._machine0 = (0.0, 0.0)
         self._machine1 = (0.0, 0.0)
         self.other_processes: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
 
     def _sample(self, first: bool) -> None:
         table = _processes()
         if self.server_pid is not None:
             self._server |= _descendants(table, self.server_pid)
-        for pid, (_, comm, cpu) in table.items():
+        for pid, (ppid, comm, cpu) in table.items():
+            self._parents[pid] = ppid
             if first:
                 self._first[pid] = cpu
             else:
                 self._first.setdefault(pid, 0.0)  # started during the run: all of it counts
             self._last[pid] = (comm, cpu)
+
+    def _serves_benchmark(self, pid: int) -> bool:
+        """A background process, or a connection to the benchmark's database. A connection's
+        process title names the database and the client: ``postgres: root helpdesk_bench
+        127.0.0.1(5432) idle``."""
+        if pid not in self._ours:
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                title = ""
+            words = title.split()
+            client = any(word.startswith(("127.", "[", "[local]")) or "(" in word for word in words)
+            self._ours[pid] = self.database in words or not client
+        return self._ours[pid]
 
     def start(self) -> None:
         self._machine0 = _machine_cpu()
@@ -176,7 +202,7 @@ class CpuMonitor(threading.Thread):
             delta = cpu - self._first.get(pid, 0.0)
             if pid in self._server:
                 used["server"] += delta
-            elif comm.startswith("postgres"):
+            elif self._parents.get(pid) == self.postmaster and self._serves_benchmark(pid):
                 used["postgres"] += delta
             elif comm in ("wrk", "pgbench"):
                 used["loadgen"] += delta
@@ -191,7 +217,24 @@ class CpuMonitor(threading.Thread):
         pct["other_pct"] = round(max(0.0, 100 * (busy - sum(used.values())) / wall), 1)
         top = sorted(others.items(), key=lambda item: item[1], reverse=True)[:5]
         self.other_processes = {comm: round(100 * cpu / wall, 1) for comm, cpu in top}
+        self.seconds = dict(used)
         return pct
+
+
+def cpu_cost(seconds: dict[str, float], count: int) -> dict[str, float]:
+    """CPU milliseconds per request (or transaction) by part, and what the machine could do if
+    it ran nothing else and the work were CPU-bound: cores / (CPU time per request).
+
+    Other load on the machine lowers the measured rate but changes the CPU time per request
+    much less, so the estimate is the steadier figure for comparing settings on a busy machine.
+    """
+    if not count:
+        return {}
+    cost = {f"{name}_ms": round(1000 * value / count, 3) for name, value in seconds.items()}
+    total = sum(seconds.values()) / count
+    cost["total_ms"] = round(1000 * total, 3)
+    cost["cpu_bound_rate"] = round((os.cpu_count() or 1) / total, 1) if total else 0.0
+    return cost
 
 
 def wait_for_quiet(limit_pct: float, timeout: float) -> float:
@@ -237,6 +280,18 @@ def analyze(database_url: str) -> None:
         conn.execute(f"VACUUM ANALYZE {', '.join(TABLES)}")
 
 
+def postmaster_pid(database_url: str) -> int:
+    """The PostgreSQL server's main process (the parent of our connection's process)."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    backend = int(row[0]) if row else 0
+    try:
+        stat = Path(f"/proc/{backend}/stat").read_text()
+    except OSError:
+        return 0  # not on this machine (or not visible): PostgreSQL's CPU is not counted
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
 def sessions_opened(database_url: str) -> int:
     """How many connections were ever opened to the benchmark database (server statistics)."""
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -280,8 +335,15 @@ def mint_token(sub: str) -> str:
 
 
 def port_is_free(port: int) -> bool:
+    """Nothing listens on the port. (A bind test: Granian listens with SO_REUSEPORT, so a second
+    server could start on the same port and share the load.)"""
     with socket.socket() as sock:
-        return sock.connect_ex((HOST, port)) != 0
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
@@ -325,7 +387,11 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def _wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
@@ -341,7 +407,6 @@ class Server:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.2)
-        self.stop()
         raise SystemExit(f"the server did not become ready in {timeout:.0f} s; see {self.log_path}")
 
     @property
@@ -375,7 +440,7 @@ def post_ticket(port: int, token: str) -> None:
         method="POST",
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=60) as response:
         if response.status != 201:
             raise SystemExit(f"seeding failed: POST returned {response.status}")
 
@@ -429,6 +494,9 @@ def run_wrk(
         "mean_ms": round(latency["mean"] / 1000, 3),
         "errors": errors,
         "error_kinds": raw["errors"],
+        # Little's law: requests in flight on average. Well below the connection count means
+        # some connections were not being served (e.g. the server held them unaccepted).
+        "busy_connections": round(raw["requests"] / seconds * latency["mean"] / 1e6, 1),
     }
 
 
@@ -437,6 +505,10 @@ def _percentile(sorted_values: list[float], pct: float) -> float:
         return 0.0
     rank = max(0, min(len(sorted_values) - 1, round(pct / 100 * len(sorted_values)) - 1))
     return sorted_values[rank]
+
+
+class PgbenchFailed(Exception):
+    """pgbench exited with an error (e.g. more clients than the server accepts)."""
 
 
 def run_pgbench(
@@ -471,7 +543,10 @@ def run_pgbench(
         if log:
             argv += ["--log", f"--log-prefix={Path(tmp, 'txn')}"]
         argv.append(str(info["dbname"]))
-        out = subprocess.run(argv, env=env, check=True, capture_output=True, text=True).stdout
+        done_run = subprocess.run(argv, env=env, check=False, capture_output=True, text=True)
+        if done_run.returncode != 0:
+            raise PgbenchFailed((done_run.stderr or done_run.stdout).strip()[-500:])
+        out = done_run.stdout
         latencies = sorted(
             int(line.split()[2]) / 1000
             for path in Path(tmp).iterdir()
@@ -512,7 +587,8 @@ def least_disturbed(args: argparse.Namespace, run_once: Any) -> dict[str, Any]:
             best = result
         if result["cpu"]["other_pct"] <= args.max_other:
             break
-        print(f"  other processes used {result['cpu']['other_pct']:.0f}% of a core; again")
+        if attempts < args.attempts:
+            print(f"  other processes used {result['cpu']['other_pct']:.0f}% of a core; again")
     assert best is not None
     best["attempts"] = attempts
     best["disturbed"] = best["cpu"]["other_pct"] > args.max_other
@@ -540,16 +616,22 @@ def measure_http(
             run_wrk(duration=args.warmup, **common)
         before = count_tickets(args.database_url, CREATE_USER) if scenario == "create" else 0
         sessions = sessions_opened(args.database_url)
-        monitor = CpuMonitor(server.pid)
+        monitor = CpuMonitor(server.pid, args.postmaster, args.database_name)
         monitor.start()
         result = run_wrk(duration=args.duration, **common)
         result["cpu"] = monitor.finish()
         result["cpu_other_processes"] = monitor.other_processes
+        result["cpu_per_request"] = cpu_cost(monitor.seconds, result["requests"])
         # New database connections during the run (each one is a new PostgreSQL process, and
         # one of ours to measure it): a pool that keeps its connections opens only that one.
         result["db_connections_opened"] = sessions_opened(args.database_url) - sessions
         if scenario == "create":
             result["rows_created"] = count_tickets(args.database_url, CREATE_USER) - before
+        if result["busy_connections"] < 0.8 * args.connections:
+            print(
+                f"  only {result['busy_connections']:.0f} of {args.connections} connections"
+                " were busy on average: the server left some waiting"
+            )
         return result
 
     return least_disturbed(args, run_once)
@@ -578,11 +660,12 @@ def measure_pgbench(args: argparse.Namespace, scenario: str) -> dict[str, Any]:
         analyze(args.database_url)
         if args.warmup > 0:
             run_pgbench(duration=args.warmup, log=False, **common)
-        monitor = CpuMonitor(None)
+        monitor = CpuMonitor(None, args.postmaster, args.database_name)
         monitor.start()
         result = run_pgbench(duration=args.duration, log=True, **common)
         result["cpu"] = monitor.finish()
         result["cpu_other_processes"] = monitor.other_processes
+        result["cpu_per_transaction"] = cpu_cost(monitor.seconds, result["transactions"])
         return result
 
     return least_disturbed(args, run_once)
@@ -629,7 +712,9 @@ def print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
             )
         else:
             cells.append(f"{'-':>9} {'-':>8} {'-':>8} {'-':>6}")
-        if pgb:
+        if pgb and "error" in pgb:
+            cells.append(f"| {'failed':>11} {'-':>8} {'-':>8}")
+        elif pgb:
             mark = "*" if pgb["disturbed"] else " "
             cells.append(f"| {pgb['tps']:>10.1f}{mark} {pgb['p50_ms']:>8.2f} {pgb['p99_ms']:>8.2f}")
         else:
@@ -640,17 +725,28 @@ def print_table(results: dict[str, Any], args: argparse.Namespace) -> None:
     print("ratio = HTTP req/s / pgbench tps at the same concurrency")
     print(f"* other processes used more than {args.max_other:.0f}% of a core during the run")
     print()
-    print("CPU during each run, percent of one core (machine total: 100 x cores):")
-    print(f"{'run':<16} {'app':>6} {'pg':>6} {'loadgen':>7} {'other':>6} {'busy':>6}")
+    print("CPU during each run: percent of one core (machine total 100 x cores), and CPU time")
+    print("per request or transaction (ms); 'cpu-bound' = cores / total ms, the rate if nothing")
+    print("else ran on the machine and the work were CPU-bound:")
+    print(
+        f"{'run':<16} {'app':>5} {'pg':>5} {'load':>5} {'other':>5} |"
+        f" {'app ms':>7} {'pg ms':>6} {'load ms':>7} | {'cpu-bound':>9}"
+    )
     for scenario, row in results.items():
         for kind in ("http", "pgbench"):
-            if kind in row:
-                cpu = row[kind]["cpu"]
-                print(
-                    f"{kind + ' ' + scenario:<16} {cpu['server_pct']:>6.0f}"
-                    f" {cpu['postgres_pct']:>6.0f} {cpu['loadgen_pct']:>7.0f}"
-                    f" {cpu['other_pct']:>6.0f} {cpu['machine_busy_pct']:>6.0f}"
-                )
+            if kind not in row or "cpu" not in row[kind]:
+                continue
+            cpu = row[kind]["cpu"]
+            cost = row[kind].get("cpu_per_request") or row[kind].get("cpu_per_transaction") or {}
+            print(
+                f"{kind + ' ' + scenario:<16} {cpu['server_pct']:>5.0f}"
+                f" {cpu['postgres_pct']:>5.0f} {cpu['loadgen_pct']:>5.0f}"
+                f" {cpu['other_pct']:>5.0f} |"
+                f" {cost.get('server_ms', 0):>7.2f} {cost.get('postgres_ms', 0):>6.2f}"
+                f" {cost.get('loadgen_ms', 0):>7.2f} | {cost.get('cpu_bound_rate', 0):>9.0f}"
+            )
+        if "ratio_cpu_bound" in row:
+            print(f"{'':<16} cpu-bound ratio {scenario}: {row['ratio_cpu_bound']:.2f}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -737,6 +833,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"not installed: {', '.join(missing)} (see bench/README.md)")
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    # One run at a time: runs share the database, the Redis database and the port.
+    lock = open(RESULTS_DIR / ".http_load.lock", "w")  # noqa: SIM115 (held until exit)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print("another http_load run is in progress; waiting for it")
+        fcntl.flock(lock, fcntl.LOCK_EX)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     name = f"http_load-{stamp}" + (f"-{args.label}" if args.label else "")
     extra_env = dict(item.split("=", 1) for item in args.server_env)
@@ -745,6 +848,8 @@ def main(argv: list[str] | None = None) -> int:
     server_log: dict[str, int] = {}
 
     prepare_database(args.database_url)
+    args.postmaster = postmaster_pid(args.database_url)
+    args.database_name = str(conninfo(args.database_url)["dbname"])
     if not args.skip_http:
         create_token, list_token = mint_token(CREATE_USER), mint_token(LIST_USER)
         server = Server(
@@ -778,11 +883,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_pgbench:
         for scenario in args.scenario:
             print(f"pgbench {scenario}: {args.duration:.0f} s at {args.connections} clients")
-            results[scenario]["pgbench"] = measure_pgbench(args, scenario)
+            try:
+                results[scenario]["pgbench"] = measure_pgbench(args, scenario)
+            except PgbenchFailed as exc:
+                print(f"  pgbench failed: {exc}")
+                results[scenario]["pgbench"] = {"error": str(exc)}
 
     for row in results.values():
-        if row.get("http") and row.get("pgbench"):
+        if row.get("http") and row.get("pgbench", {}).get("tps"):
             row["ratio"] = round(row["http"]["rps"] / row["pgbench"]["tps"], 3)
+            http_rate = row["http"]["cpu_per_request"].get("cpu_bound_rate")
+            pgbench_rate = row["pgbench"]["cpu_per_transaction"].get("cpu_bound_rate")
+            if http_rate and pgbench_rate:
+                row["ratio_cpu_bound"] = round(http_rate / pgbench_rate, 3)
 
     document = {
         "name": name,
