@@ -22,6 +22,7 @@ from litestar.testing import AsyncTestClient
 from api.app import create_app
 from api.cli import ensure_database, migrate
 from domain.settings import Settings, load_settings
+from tests.processes import ServiceProcess
 from tests.sinks import HttpSink, SmtpSink
 
 TEST_DATABASE_URL = os.environ.get(
@@ -180,6 +181,15 @@ def settings(clean_db: str, public_pem: str) -> Settings:
 @pytest.fixture
 def publisher() -> RecordingPublisher:
     return RecordingPublisher()
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ServiceProcess]]:
+    """Worker/scheduler processes a test starts; all stopped at the end of the test."""
+    started: list[ServiceProcess] = []
+    yield started
+    for process in started:
+        process.stop()
 
 
 @pytest.fixture

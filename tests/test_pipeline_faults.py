@@ -52,14 +52,6 @@ def private_redis() -> Iterator[PrivateRedis]:
     server.stop()
 
 
-@pytest.fixture
-def processes() -> Iterator[list[ServiceProcess]]:
-    started: list[ServiceProcess] = []
-    yield started
-    for process in started:
-        process.stop()
-
-
 def no_duplicates(sink: SmtpSink) -> bool:
     return all(n == 1 for n in Counter(sink.deliveries()).values())
 

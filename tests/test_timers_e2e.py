@@ -5,7 +5,6 @@ emptied Redis."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,14 +35,6 @@ def timer_env(service_env: dict[str, str]) -> dict[str, str]:
         "SLA_SWEEP_INTERVAL_SECONDS": "0.5",
         "AUTO_CLOSE_SWEEP_INTERVAL_SECONDS": "0.5",
     }
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ServiceProcess]]:
-    started: list[ServiceProcess] = []
-    yield started
-    for process in started:
-        process.stop()
 
 
 def breach_mails(sink: SmtpSink) -> list[Any]:
