@@ -410,10 +410,29 @@ def procfile_commands(env: dict[str, str]) -> dict[str, str]:
     return commands
 
 
-def procfile_service(name: str, command: str, env: dict[str, str], log_path: Path) -> Service:
-    # Like honcho: each line runs through /bin/sh -c (exec, so the pid is the service's).
-    service = Service(name, ["/bin/sh", "-c", f"exec {command}"], env, log_path)
+def split_assignments(command: str) -> tuple[dict[str, str], list[str]]:
+    """``A=1 B=2 prog args`` -> ({A: 1, B: 2}, [prog, args]): a Procfile line may set variables
+    for its own process the way a shell does."""
     argv = shlex.split(command)
+    assignments: dict[str, str] = {}
+    while argv and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", argv[0]):
+        key, value = argv.pop(0).split("=", 1)
+        assignments[key] = value
+    return assignments, argv
+
+
+def procfile_service(
+    name: str, command: str, env: dict[str, str], log_path: Path, extra: dict[str, str]
+) -> Service:
+    """A Procfile line as honcho runs it (through /bin/sh -c; here with exec, so the pid is the
+    service's). Its own ``VAR=value`` prefix goes into its environment, then ``extra``."""
+    assignments, argv = split_assignments(command)
+    service = Service(
+        name,
+        ["/bin/sh", "-c", f"exec {shlex.join(argv)}"],
+        {**env, **assignments, **extra},
+        log_path,
+    )
     if argv and argv[0] == "dramatiq":
         service.ready_text = "ready for action"
         for flag in ("--processes", "-p"):
@@ -442,13 +461,18 @@ def start_services(
         raise SystemExit(f"the Procfile has no {', '.join(missing)} line")
     started = {
         n: procfile_service(
-            n, commands[n], {**env, **extra_env.get(n, {})}, log_dir / f"{phase}-{n}.log"
+            n, commands[n], env, log_dir / f"{phase}-{n}.log", extra_env.get(n, {})
         ).start()
         for n in names
     }
     try:
         for service in started.values():
             service.wait_ready()
+        time.sleep(0.5)
+        for service in started.values():
+            assert service.process is not None
+            if service.process.poll() is not None:
+                raise SystemExit(f"{service.name} exited at start:\n{service.output()[-2000:]}")
     except BaseException:
         stop_services(started)
         raise
@@ -766,7 +790,12 @@ def sla_results(
         "during_firing": usage,
         "pools": {n: commands[n] for n in SLA_POOLS},
         "email": "sink, one team address" if args.smtp_sink else "off",
-        "sla_pool_worker_timeout_ms": args.sla_worker_timeout_ms,
+        # The sla pool's idle-poll ceiling: --sla-worker-timeout-ms, else the Procfile's, else
+        # dramatiq's default (1000 ms).
+        "sla_pool_worker_timeout_ms": int(
+            args.sla_worker_timeout_ms
+            or split_assignments(commands["sla"])[0].get("dramatiq_worker_timeout", 1000)
+        ),
     }
 
 
@@ -944,8 +973,7 @@ def print_report(results: dict[str, Any]) -> None:
             f"{sla['deadline_spread_s']} s (SLA_URGENT_SECONDS={sla['sla_urgent_seconds']}, "
             f"email {sla['email']})"
         )
-        if sla["sla_pool_worker_timeout_ms"] is not None:
-            print(f"  {'sla pool worker timeout':<28}{sla['sla_pool_worker_timeout_ms']} ms")
+        print(f"  {'sla pool worker timeout':<28}{sla['sla_pool_worker_timeout_ms']} ms")
         print(f"  {'fired':<28}{sla['fired']}/{sla['timers']}  (early: {sla['fired_early']})")
         print(
             f"  {'ticket.sla_breached events':<28}{sla['breach_events']} "
@@ -1031,7 +1059,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sla-worker-timeout-ms",
         type=int,
-        help="SLA run: dramatiq_worker_timeout of the sla pool only (dramatiq's default: 1000)",
+        help="SLA run: dramatiq_worker_timeout of the sla pool only (overrides the Procfile's)",
     )
     parser.add_argument(
         "--quiet-below",
