@@ -11,12 +11,20 @@ from sqlalchemy.ext.asyncio import (
 
 from domain.settings import Settings
 
+# Connections a process may open beyond its pool size, for bursts.
+OVERFLOW = 5
+
 
 def make_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
+    size = (pool_size or settings.db_pool_size) + OVERFLOW
     return create_async_engine(
         settings.sqlalchemy_url,
-        pool_size=pool_size or settings.db_pool_size,
-        max_overflow=5,
+        # At most DB_POOL_SIZE + OVERFLOW connections, as with pool_size/max_overflow, but the
+        # pool keeps every connection it opens instead of closing the overflow ones whenever
+        # they come back: under load that closed and reopened dozens of connections (each a new
+        # PostgreSQL process) every 10 s. Connections are opened on demand; bench/http_load.py.
+        pool_size=size,
+        max_overflow=0,
         pool_pre_ping=False,  # a dead connection fails one request; pre-ping costs every request
         pool_recycle=1800,
         pool_timeout=5,
