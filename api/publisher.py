@@ -3,6 +3,12 @@
 Requests drop event ids here after their commit; one background task per API process sends them
 to the broker in batches and marks them published with one UPDATE per batch. If Redis is down,
 nothing fails: the events stay unpublished and the outbox sweep sends them when Redis is back.
+
+The broker's client is synchronous and the sends run on the event loop itself, not in a thread:
+a thread doing one Redis round trip per event must win the GIL back from the busy loop after
+every socket call (up to the 5 ms switch interval each), which under load made commit-to-publish
+take ~0.5 s (bench/pipeline.py). On the loop a send costs ~0.1 ms of blocking; short socket
+timeouts and the back-off after a failure bound what a dead or hanging Redis can cost.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-import anyio.to_thread
+import anyio
 import redis
 import structlog
 from dramatiq import Message
@@ -25,7 +31,7 @@ from domain.settings import Settings
 
 log = structlog.get_logger("api.publisher")
 
-BATCH = 500
+BATCH = 100  # events sent per turn before requests get the loop back
 BACKOFF_S = 5.0  # after a broker failure, leave publishing to the sweep for this long
 
 
@@ -51,11 +57,12 @@ class BrokerPublisher:
             while self._pending:
                 batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
                 await self._publish(batch)
+                await asyncio.sleep(0)  # let waiting requests run between batches
 
     async def _publish(self, batch: Sequence[str]) -> None:
         if time.monotonic() < self._down_until:
             return  # the broker failed a moment ago; the sweep will publish these
-        sent = await anyio.to_thread.run_sync(self._enqueue, batch)
+        sent = self._enqueue(batch)
         if not sent:
             return
         try:
@@ -103,7 +110,10 @@ class BrokerPublisher:
 def make_publisher(
     settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> EventPublisher:
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1, socket_timeout=2)
+    # Short timeouts: sends run on the event loop, so a hanging Redis must not hold it for long.
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=0.25, socket_timeout=0.5
+    )
     # No middleware: this broker only enqueues; the workers' broker runs the actors.
     broker = RedisBroker(client=client, middleware=[])
     broker.declare_queue(EVENTS_QUEUE)
