@@ -1,5 +1,6 @@
 -- The database work of one POST /v1/support/tickets, as the service sends it: one transaction
--- with the ticket, its first message and the ticket.created outbox event.
+-- with the ticket, its first message and the ticket.created outbox event, inserted by one
+-- statement whose CTEs insert the ticket and the message (domain/ticket_sql.py).
 -- Variables from bench/http_load.py (-D): user, subject, body, priority, category.
 -- Ids are 26 characters and time-ordered like the service's ULIDs: the transaction's start time
 -- in microseconds followed by a random suffix (now() is fixed within the transaction).
@@ -8,17 +9,20 @@
 \set e random(0, 9999999999)
 \set q random(0, 9999999999)
 BEGIN;
+WITH new_ticket AS (
 INSERT INTO tickets (id, user_id, requester_email, subject, status, priority, category,
     assignee_id, created_at, updated_at, resolved_at, closed_at, first_admin_reply_at,
     sla_due_at, sla_breached_at)
   VALUES (lpad((extract(epoch FROM now()) * 1000000)::bigint::text, 16, '0') || lpad(:t::text, 10, '0'),
     :user, NULL, :subject, 'open', :priority, :category,
     NULL, now(), now(), NULL, NULL, NULL,
-    NULL, NULL);
+    NULL, NULL)
+), new_message AS (
 INSERT INTO messages (id, ticket_id, author_id, is_admin, body, created_at)
   VALUES (lpad((extract(epoch FROM now()) * 1000000)::bigint::text, 16, '0') || lpad(:m::text, 10, '0'),
     lpad((extract(epoch FROM now()) * 1000000)::bigint::text, 16, '0') || lpad(:t::text, 10, '0'),
-    :user, false, :body, now());
+    :user, false, :body, now())
+)
 INSERT INTO ticket_events (id, ticket_id, type, actor_id, actor_is_admin, payload, request_id,
     created_at, published_at, publish_count, completed_at)
   VALUES (lpad((extract(epoch FROM now()) * 1000000)::bigint::text, 16, '0') || lpad(:e::text, 10, '0'),

@@ -19,6 +19,7 @@ from domain.ids import is_valid_id, new_id, utcnow
 from domain.lifecycle import Priority, Status, Trigger, check_transition
 from domain.models import Message, Staff, Ticket
 from domain.policies import TimePolicy, sla_applies, update_sla_clock
+from domain.ticket_sql import INSERT_CREATED, insert_created_params
 
 MAX_PER_PAGE = 100
 
@@ -185,9 +186,7 @@ class TicketService:
             body=body,
             created_at=now,
         )
-        session.add(ticket)
-        session.add(message)
-        events.record_event(
+        event = events.new_event(
             session,
             ticket_id=ticket.id,
             type=events.TICKET_CREATED,
@@ -196,7 +195,9 @@ class TicketService:
             payload=self._created_payload(ticket, message),
             now=now,
         )
-        await session.flush()
+        # The hottest write: one statement (one round trip) instead of the unit of work's
+        # three INSERTs; the objects stay out of the session and only shape the response.
+        await session.execute(INSERT_CREATED, insert_created_params(ticket, message, event))
         return TicketView(ticket, [message])
 
     async def reply_as_owner(
