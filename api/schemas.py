@@ -10,7 +10,7 @@ from msgspec import Meta
 from domain.ids import isoformat_z
 from domain.lifecycle import Category, Priority, Status
 from domain.models import Message, Ticket
-from domain.tickets import Page
+from domain.tickets import Page, TicketRow
 
 SUBJECT_MAX = 200
 BODY_MAX = 20_000
@@ -147,7 +147,7 @@ def message_out(message: Message) -> MessageOut:
     )
 
 
-def _summary_fields(ticket: Ticket) -> dict[str, Any]:
+def _summary_fields(ticket: TicketRow) -> dict[str, Any]:
     return {
         "id": ticket.id,
         "subject": ticket.subject,
@@ -160,7 +160,7 @@ def _summary_fields(ticket: Ticket) -> dict[str, Any]:
     }
 
 
-def _admin_fields(ticket: Ticket) -> dict[str, Any]:
+def _admin_fields(ticket: TicketRow) -> dict[str, Any]:
     return {
         "user_id": ticket.user_id,
         "sla_due_at": isoformat_z(ticket.sla_due_at) if ticket.sla_due_at else None,

@@ -7,7 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, cast
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
@@ -22,6 +22,7 @@ from domain.policies import TimePolicy, sla_applies, update_sla_clock
 from domain.ticket_sql import INSERT_CREATED, insert_created_params
 
 MAX_PER_PAGE = 100
+_TICKET_COLUMNS = tuple(Ticket.__table__.columns)
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,36 @@ class TicketView:
     messages: Sequence[Message]
 
 
+class TicketRow(Protocol):
+    """A ticket's columns, read-only: an ORM ``Ticket`` or a plain row from a list query."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def priority(self) -> str: ...
+    @property
+    def category(self) -> str | None: ...
+    @property
+    def assignee_id(self) -> str | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
+    @property
+    def sla_due_at(self) -> datetime | None: ...
+    @property
+    def sla_breached_at(self) -> datetime | None: ...
+
+
 @dataclass(frozen=True)
 class Page:
-    items: Sequence[Ticket]
+    items: Sequence[TicketRow]
     page: int
     per_page: int
     total: int
@@ -122,14 +150,16 @@ class TicketService:
     async def _page(
         self, session: AsyncSession, where: list[Any], page: int, per_page: int
     ) -> Page:
+        # Plain rows, not ORM objects: a page is only read and serialised, and loading it into
+        # the identity map was a fifth of the API's time per list request (py-spy).
         query = (
-            select(Ticket)
+            select(*_TICKET_COLUMNS)
             .where(*where)
             .order_by(Ticket.created_at.desc(), Ticket.id.desc())
             .limit(per_page)
             .offset((page - 1) * per_page)
         )
-        items = (await session.scalars(query)).all()
+        items = cast(Sequence[TicketRow], (await session.execute(query)).all())
         if page == 1 and len(items) < per_page:
             total = len(items)  # the whole result fits on this page: no need to count
         else:
