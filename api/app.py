@@ -22,7 +22,7 @@ from api.request_log import request_log_middleware
 from api.routes.admin_tickets import AdminTicketController
 from api.routes.health import healthz, readyz
 from api.routes.user_tickets import UserTicketController
-from domain.db import make_engine, make_sessionmaker
+from domain.db import ConnectionGate, make_engine, make_sessionmaker
 from domain.logging import configure_logging
 from domain.policies import TimePolicy
 from domain.settings import Settings, load_settings
@@ -48,6 +48,7 @@ def create_app(
         # Engine and publisher are made when the server starts, never at import.
         app.state.engine = make_engine(settings)
         app.state.sessionmaker = make_sessionmaker(app.state.engine)
+        app.state.connection_gate = ConnectionGate(settings)
         app.state.publisher = publisher or make_publisher(settings, app.state.sessionmaker)
         try:
             yield

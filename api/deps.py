@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.auth import TokenVerifier, bearer_token
 from api.rate_limit import UserRateLimiter
+from domain.db import ConnectionGate
 from domain.events import take_pending_event_ids
 from domain.tickets import Caller, TicketService
 
@@ -52,7 +53,8 @@ async def provide_admin(caller: CallerDep) -> Caller:
 
 
 async def provide_session(state: State) -> AsyncGenerator[AsyncSession, None]:
-    async with state.sessionmaker() as session:
+    gate: ConnectionGate = state.connection_gate
+    async with gate.slot(), state.sessionmaker() as session:
         yield session
 
 
