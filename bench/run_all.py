@@ -43,7 +43,7 @@ def run(module: str, *args: str) -> None:
 
 
 def newest(prefix: str, label: str) -> dict[str, Any] | None:
-    files = sorted(glob.glob(str(RESULTS / f"{prefix}-*{label}*.json")), key=os.path.getmtime)
+    files = sorted(glob.glob(str(RESULTS / f"{prefix}-*-{label}.json")), key=os.path.getmtime)
     if not files:
         return None
     data: dict[str, Any] = json.loads(Path(files[-1]).read_text())
@@ -62,47 +62,53 @@ def ensure_tools() -> None:
 # -- runs -------------------------------------------------------------------------------------
 
 
-def http_runs(stamp: str, duration: float, patience: list[str]) -> dict[int, dict[str, Any]]:
+def http_runs(
+    stamp: str, duration: float, patience: list[str], *, measure: bool = True
+) -> dict[int, dict[str, Any]]:
     rows: dict[int, dict[str, Any]] = {}
     for connections in CONNECTIONS:
         label = f"{stamp}-c{connections}"
-        run(
-            "bench.http_load",
-            "-c",
-            str(connections),
-            "-d",
-            str(duration),
-            "--label",
-            label,
-            "--port",
-            str(free_port()),
-            *patience,
-        )
+        if measure:
+            run(
+                "bench.http_load",
+                "-c",
+                str(connections),
+                "-d",
+                str(duration),
+                "--label",
+                label,
+                "--port",
+                str(free_port()),
+                *patience,
+            )
         doc = newest("http_load", label)
         if doc:
             rows[connections] = doc["results"]
     return rows
 
 
-def pipeline_runs(stamp: str, seconds_per_rate: float, patience: list[str]) -> dict[str, Any]:
+def pipeline_runs(
+    stamp: str, seconds_per_rate: float, patience: list[str], *, measure: bool = True
+) -> dict[str, Any]:
     out: dict[str, Any] = {"rates": {}, "drain": None}
     for rate in PIPELINE_RATES:
         label = f"{stamp}-r{rate}"
         tickets = str(int(rate * seconds_per_rate))
-        run(
-            "bench.pipeline",
-            "--phase",
-            "latency",
-            "--rate",
-            str(rate),
-            "--tickets",
-            tickets,
-            "--warmup",
-            str(max(20, rate)),
-            "--label",
-            label,
-            *patience,
-        )
+        if measure:
+            run(
+                "bench.pipeline",
+                "--phase",
+                "latency",
+                "--rate",
+                str(rate),
+                "--tickets",
+                tickets,
+                "--warmup",
+                str(max(20, rate)),
+                "--label",
+                label,
+                *patience,
+            )
         doc = newest("pipeline", label)
         if doc and "latency" in doc["results"]:
             out["rates"][rate] = doc["results"]["latency"]
@@ -110,23 +116,34 @@ def pipeline_runs(stamp: str, seconds_per_rate: float, patience: list[str]) -> d
             if lat.get("achieved_rate", rate) < 0.8 * rate or not lat.get("all_arrived", True):
                 break  # saturated: higher rates only measure the queue
     label = f"{stamp}-drain"
-    run("bench.pipeline", "--phase", "drain", "--label", label, *patience)
+    if measure:
+        run("bench.pipeline", "--phase", "drain", "--label", label, *patience)
     doc = newest("pipeline", label)
     if doc:
         out["drain"] = doc["results"].get("drain")
     return out
 
 
-def timer_runs(stamp: str, tickets: int, patience: list[str]) -> dict[str, Any] | None:
-    run("bench.timers", "--tickets", str(tickets), "--tag", f"{stamp}-timers", *patience)
+def timer_runs(
+    stamp: str, tickets: int, patience: list[str], *, measure: bool = True
+) -> dict[str, Any] | None:
+    if measure:
+        run("bench.timers", "--tickets", str(tickets), "--tag", f"{stamp}-timers", *patience)
     return newest("timers", f"{stamp}-timers")
 
 
-def process_memory() -> dict[str, float]:
-    """RSS of the API's worker processes and of a notifications worker after a create load."""
+def process_memory(stamp: str, *, measure: bool = True) -> dict[str, float]:
+    """RSS of the API's worker processes and of a notifications worker after a create load
+    (kept with the run's results, so a report rebuilt from them shows the same figures)."""
+    saved = RESULTS / f"memory-{stamp}.json"
+    if not measure and saved.exists():
+        memory: dict[str, float] = json.loads(saved.read_text())
+        return memory
     from bench.memory import measure_memory_after_load
 
-    return measure_memory_after_load()
+    memory = measure_memory_after_load()
+    saved.write_text(json.dumps(memory, indent=2))
+    return memory
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -156,7 +173,7 @@ def plot_http(rows: dict[int, dict[str, Any]]) -> list[str]:
             marker=marker,
             label=f"{scenario} over HTTP",
         )
-        pg = [c for c in xs if rows[c][scenario].get("pgbench")]
+        pg = [c for c in xs if (rows[c][scenario].get("pgbench") or {}).get("tps")]
         ax1.plot(
             pg,
             [rows[c][scenario]["pgbench"]["tps"] for c in pg],
@@ -231,6 +248,8 @@ def write_report(
     memory: dict[str, float],
     plots: list[str],
     started: float,
+    stamp: str,
+    rebuilt: bool,
 ) -> None:
     git = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"],
@@ -246,8 +265,13 @@ def write_report(
         f"project's reference machine: {os.cpu_count()} cores, PostgreSQL, Redis, the load "
         "generators and every service process on the same host. Absolute numbers depend on the "
         "machine; the ratios and the shape of the curves are what to compare. Each section says "
-        "how it was measured. Run time of this report: "
-        f"{(time.time() - started) / 60:.0f} minutes.",
+        f"how it was measured. Results of run `{stamp}`"
+        + (
+            " (this page rebuilt from its saved results with `--report-from`, after single "
+            "measurements were rerun under the same label)."
+            if rebuilt
+            else f", which took {(time.time() - started) / 60:.0f} minutes."
+        ),
         "",
         "Missed targets, their profiles and the before/after of each fix are in",
         "[profiling.md](profiling.md).",
@@ -259,11 +283,14 @@ def write_report(
         "`helpdesk serve` for a fixed time after a warm-up. pgbench then runs the same SQL",
         "(create: BEGIN, one INSERT whose CTEs insert the ticket and message, COMMIT; list: the",
         "page query and the count) at the same concurrency",
-        "against the same PostgreSQL. ratio = HTTP req/s / pgbench tps. Targets: create >= 0.6,",
+        "against the same PostgreSQL (with fewer clients when the server's max_connections",
+        "would refuse that many: the API serves every HTTP connection from its small pool).",
+        "ratio = HTTP req/s / pgbench tps. Targets: create >= 0.6,",
         "list >= 0.4.",
         "",
-        "| connections | scenario | HTTP req/s | p50 ms | p99 ms | pgbench tps | ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| connections | scenario | HTTP req/s | p50 ms | p99 ms | pgbench tps | pgbench clients "
+        "| ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for connections in CONNECTIONS:
         for scenario in ("create", "list"):
@@ -271,7 +298,8 @@ def write_report(
             h, p = row.get("http") or {}, row.get("pgbench") or {}
             lines.append(
                 f"| {connections} | {scenario} | {fmt(h.get('rps'))} | {fmt(h.get('p50_ms'))} | "
-                f"{fmt(h.get('p99_ms'))} | {fmt(p.get('tps'))} | {fmt(row.get('ratio'), 2)} |"
+                f"{fmt(h.get('p99_ms'))} | {fmt(p.get('tps'))} | {p.get('clients', '-')} | "
+                f"{fmt(row.get('ratio'), 2)} |"
             )
     if "img/http.png" in plots:
         lines += ["", "![HTTP throughput and latency](img/http.png)"]
@@ -356,25 +384,34 @@ def write_report(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs")
+    parser.add_argument(
+        "--report-from",
+        metavar="STAMP",
+        help="rebuild the report from the results of an earlier run (e.g. all20261130T084807; "
+        "a single measurement can be rerun first with that run's --label)",
+    )
     args = parser.parse_args()
     started = time.time()
-    stamp = time.strftime("all%Y%m%dT%H%M%S")
+    stamp = args.report_from or time.strftime("all%Y%m%dT%H%M%S")
+    measure = not args.report_from
     RESULTS.mkdir(parents=True, exist_ok=True)
     IMG.mkdir(parents=True, exist_ok=True)
-    ensure_tools()
+    if measure:
+        ensure_tools()
 
     # --quick: one attempt per measurement and little waiting for a quiet machine.
     http = http_runs(
         stamp,
         5 if args.quick else 10,
         ["--attempts", "1", "--quiet-timeout", "5"] if args.quick else [],
+        measure=measure,
     )
     quiet = ["--quiet-timeout", "5"] if args.quick else []
-    pipeline = pipeline_runs(stamp, 5 if args.quick else 10, quiet)
-    timers = timer_runs(stamp, 20_000 if args.quick else 100_000, quiet)
-    memory = process_memory()
+    pipeline = pipeline_runs(stamp, 5 if args.quick else 10, quiet, measure=measure)
+    timers = timer_runs(stamp, 20_000 if args.quick else 100_000, quiet, measure=measure)
+    memory = process_memory(stamp, measure=measure)
     plots = plot_http(http) + plot_pipeline(pipeline)
-    write_report(http, pipeline, timers, memory, plots, started)
+    write_report(http, pipeline, timers, memory, plots, started, stamp, rebuilt=not measure)
     print(f"wrote {DOCS / 'benchmarks.md'}")
     return 0
 
