@@ -54,17 +54,18 @@ class ConnectionGate:
     process's own work (the event publisher marks events published through the same pool).
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, timeout_s: float = POOL_TIMEOUT_S) -> None:
         self._slots = asyncio.Semaphore(max(1, settings.db_pool_size + POOL_OVERFLOW - 1))
+        self.timeout_s = timeout_s
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         try:
-            async with asyncio.timeout(POOL_TIMEOUT_S):
+            async with asyncio.timeout(self.timeout_s):
                 await self._slots.acquire()
         except TimeoutError as exc:
             # The same error as the pool's own timeout: the API answers 503 with Retry-After.
-            raise PoolTimeout(f"no database connection free within {POOL_TIMEOUT_S} s") from exc
+            raise PoolTimeout(f"no database connection free within {self.timeout_s} s") from exc
         try:
             yield
         finally:
