@@ -29,37 +29,14 @@ def record_event(
     actor_is_admin: bool,
     payload: dict[str, Any],
     now: datetime,
+    add: bool = True,
 ) -> TicketEvent:
     """Add one event row to the session's transaction and remember it for publishing after commit.
 
     The request id of the HTTP request that caused it (bound in structlog's context) is kept on
-    the row, so logs of the notification it triggers can be traced back.
+    the row, so logs of the notification it triggers can be traced back. ``add=False`` leaves
+    the row out of the session for a caller that inserts it with its own statement.
     """
-    event = new_event(
-        session,
-        ticket_id=ticket_id,
-        type=type,
-        actor_id=actor_id,
-        actor_is_admin=actor_is_admin,
-        payload=payload,
-        now=now,
-    )
-    session.add(event)
-    return event
-
-
-def new_event(
-    session: AsyncSession,
-    *,
-    ticket_id: str,
-    type: str,
-    actor_id: str | None,
-    actor_is_admin: bool,
-    payload: dict[str, Any],
-    now: datetime,
-) -> TicketEvent:
-    """An event row for the caller to insert itself (``record_event`` adds it to the session),
-    remembered for publishing after commit like any other."""
     request_id = structlog.contextvars.get_contextvars().get("request_id")
     event = TicketEvent(
         id=new_id(),
@@ -74,6 +51,8 @@ def new_event(
         publish_count=0,
         completed_at=None,
     )
+    if add:
+        session.add(event)
     session.info.setdefault(_PENDING_KEY, []).append(event.id)
     return event
 

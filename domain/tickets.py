@@ -216,7 +216,7 @@ class TicketService:
             body=body,
             created_at=now,
         )
-        event = events.new_event(
+        event = events.record_event(
             session,
             ticket_id=ticket.id,
             type=events.TICKET_CREATED,
@@ -224,6 +224,7 @@ class TicketService:
             actor_is_admin=False,
             payload=self._created_payload(ticket, message),
             now=now,
+            add=False,
         )
         # The hottest write: one statement (one round trip) instead of the unit of work's
         # three INSERTs; the objects stay out of the session and only shape the response.
