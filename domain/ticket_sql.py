@@ -9,7 +9,7 @@ lists come from the mapped tables, so a migration that adds a column cannot be m
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Table, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
@@ -27,9 +27,9 @@ def _params(obj: Any, table: Table, prefix: str) -> dict[str, Any]:
     return {f"{prefix}{column.name}": getattr(obj, column.key) for column in table.columns}
 
 
-_TICKETS: Table = Ticket.__table__  # type: ignore[assignment]
-_MESSAGES: Table = Message.__table__  # type: ignore[assignment]
-_EVENTS: Table = TicketEvent.__table__  # type: ignore[assignment]
+_TICKETS = cast(Table, Ticket.__table__)
+_MESSAGES = cast(Table, Message.__table__)
+_EVENTS = cast(Table, TicketEvent.__table__)
 
 INSERT_CREATED = text(
     f"WITH new_ticket AS ({_insert(_TICKETS, 't_')}), "
