@@ -97,7 +97,9 @@ class Stack:
         self.api = ApiServer(self.env, workers=1).start()
         self.notifications = self.start_notifications()
         self.others = [
-            dramatiq_workers(self.env, ["events", "sla", "maintenance"], threads=8).start(),
+            dramatiq_workers(
+                self.env, ["events", "sla", "sla_sweeps", "maintenance"], threads=8
+            ).start(),
             scheduler_process(self.env).start(),
         ]
         return self

@@ -21,6 +21,9 @@ EVENTS_QUEUE = "events"
 NOTIFICATIONS_QUEUE = "notifications"
 MAINTENANCE_QUEUE = "maintenance"
 SLA_QUEUE = "sla"
+# The SLA backstop sweep has a queue of its own (consumed by the sla pool too): a burst of due
+# wake-ups on the sla queue would otherwise hold it back, and it breaches them in batches.
+SLA_SWEEP_QUEUE = "sla_sweeps"
 DISPATCH_ACTOR = "dispatch_event"
 
 

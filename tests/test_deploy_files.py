@@ -219,6 +219,13 @@ def check_imports(imports: Imports, report: ImportReport) -> None:
     assert named <= report.queues, f"queues no actor consumes: {sorted(named - report.queues)}"
 
 
+def check_every_queue_has_a_pool(imports: Imports, report: ImportReport, where: str) -> None:
+    """The other direction: a queue some actor uses but no worker line consumes would fill up
+    and never be worked off."""
+    consumed = set().union(*imports.queues.values()) if imports.queues else set()
+    assert report.queues <= consumed, f"{where}: no pool for {sorted(report.queues - consumed)}"
+
+
 def collect(commands: dict[str, str | list[str]]) -> Imports:
     """The modules the given commands need, ignoring commands that do not resolve (the tests
     report those)."""
@@ -275,6 +282,7 @@ def test_procfile_commands_point_at_real_entry_points(import_report: ImportRepor
         assert ran[name], f"Procfile {name}: nothing to run"
     assert ran["web"][-1] == "helpdesk serve"
     check_imports(imports, import_report)
+    check_every_queue_has_a_pool(imports, import_report, "Procfile")
 
 
 # -- docker-compose.yml ---------------------------------------------------------------------------
@@ -298,7 +306,7 @@ def _ran_by(service: dict[str, Any], imports: Imports, where: str) -> list[str]:
     return [check_program(argv, imports, where) for part in parts for argv in simple_commands(part)]
 
 
-def check_compose(document: dict[str, Any], report: ImportReport, root: Path = ROOT) -> None:
+def check_compose(document: dict[str, Any], report: ImportReport, root: Path = ROOT) -> Imports:
     services: dict[str, Any] = document["services"]
     assert {"postgres", "redis", "api"} <= set(services)
 
@@ -353,10 +361,12 @@ def check_compose(document: dict[str, Any], report: ImportReport, root: Path = R
             assert path in probe_paths, f"compose {name}: healthcheck asks for {path}"
 
     check_imports(imports, report)
+    return imports
 
 
 def test_compose_services_and_commands(import_report: ImportReport) -> None:
-    check_compose(yaml.safe_load(COMPOSE.read_text()), import_report)
+    imports = check_compose(yaml.safe_load(COMPOSE.read_text()), import_report)
+    check_every_queue_has_a_pool(imports, import_report, "docker-compose.yml")
 
 
 # -- the checks themselves ------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from tests.sinks import HttpSink, SmtpSink, eventually
 
 pytestmark = pytest.mark.slow
 
-QUEUES = ["events", "notifications", "maintenance", "sla"]
+QUEUES = ["events", "notifications", "maintenance", "sla", "sla_sweeps"]
 PER_TICKET = len(TEAM)  # emails per new ticket (plus one Slack post)
 
 

@@ -11,9 +11,12 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from dramatiq import Message
+from dramatiq.brokers.redis import RedisBroker
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
+from domain.outbox import SLA_QUEUE
 from domain.settings import load_settings
 from tests.conftest import TEAM, TokenFactory, auth
 from tests.processes import ServiceProcess, dramatiq_workers, scheduler
@@ -21,7 +24,7 @@ from tests.sinks import SmtpSink, eventually
 
 pytestmark = pytest.mark.slow
 
-QUEUES = ["events", "notifications", "maintenance", "sla"]
+QUEUES = ["events", "notifications", "maintenance", "sla", "sla_sweeps"]
 USER_URL = "/v1/support/tickets"
 ADMIN_URL = "/v1/admin/support/tickets"
 
@@ -175,3 +178,50 @@ async def test_timers_survive_a_killed_worker_and_an_emptied_redis(
         "SELECT count(*), count(DISTINCT ticket_id) FROM ticket_events "
         "WHERE type = 'ticket.sla_breached'"
     ).fetchone() == (5, 5)
+
+
+BURST = 10_000
+
+
+async def test_the_backstop_sweep_is_not_stuck_behind_a_burst_of_wake_ups(
+    timer_env: dict[str, str],
+    processes: list[ServiceProcess],
+    make_token: TokenFactory,
+    db: psycopg.Connection[Any],
+) -> None:
+    """Many deadlines falling due together queue their wake-ups ahead of anything sent to the
+    sla queue after them; the sweep, which would breach them all in a few batches, must not wait
+    behind that queue (nor expire there)."""
+    env = {**timer_env, "SLA_URGENT_SECONDS": "6"}
+    # The burst: wake-ups for tickets that do not exist (each still costs the pool a query).
+    broker = RedisBroker(client=redis.Redis.from_url(env["REDIS_URL"]), middleware=[])
+    broker.declare_queue(SLA_QUEUE)
+    for i in range(BURST):
+        broker.enqueue(
+            Message(
+                queue_name=SLA_QUEUE,
+                actor_name="check_sla_deadline",
+                args=(f"no-such-ticket-{i}",),
+                kwargs={},
+                options={},
+            )
+        )
+    broker.close()
+    async with AsyncTestClient(app=create_app(load_settings(env))) as client:
+        ticket = await create(client, make_token("user-1"), "urgent")
+        processes += [
+            dramatiq_workers(env, QUEUES, threads=2).start(),
+            scheduler(env).start(),
+        ]
+
+        def breached() -> bool:
+            row = db.execute(
+                "SELECT sla_breached_at FROM tickets WHERE id = %s", (ticket,)
+            ).fetchone()
+            return bool(row and row[0])
+
+        assert await eventually(breached, within_s=30)
+    due_at, breached_at = db.execute(
+        "SELECT sla_due_at, sla_breached_at FROM tickets WHERE id = %s", (ticket,)
+    ).fetchone() or (None, None)
+    assert 0 <= (breached_at - due_at).total_seconds() <= 1.5

@@ -26,6 +26,7 @@ from domain.outbox import (
     MAINTENANCE_QUEUE,
     NOTIFICATIONS_QUEUE,
     SLA_QUEUE,
+    SLA_SWEEP_QUEUE,
     claim_events_to_publish,
     mark_published,
 )
@@ -124,7 +125,7 @@ async def check_sla_deadline(ticket_id: str) -> None:
 
 
 @dramatiq.actor(
-    queue_name=SLA_QUEUE,
+    queue_name=SLA_SWEEP_QUEUE,
     max_retries=0,
     time_limit=60_000,
     max_age=5_000,  # the scheduler sends one every fraction of a second; old ones are moot
