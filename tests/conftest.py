@@ -234,6 +234,9 @@ def service_env(
         OUTBOX_SWEEP_INTERVAL_SECONDS="0.5",
         OUTBOX_PUBLISH_GRACE_SECONDS="1",
         OUTBOX_REPUBLISH_AFTER_SECONDS="5",
+        # As the Procfile runs the events, notifications and sla pools: idle consumers poll
+        # every 100 ms, not up to 1 s (each hop of an escalation email could wait that long).
+        dramatiq_worker_timeout="100",
     )
     return env
 
