@@ -29,6 +29,7 @@ import psycopg
 
 from api.cli import ensure_database, migrate
 from domain.devkey import ensure_dev_keypair
+from domain.outbox import ALL_QUEUES, NOTIFICATIONS_QUEUE
 from tests.processes import (
     ROOT,
     ApiServer,
@@ -97,15 +98,16 @@ class Stack:
         self.api = ApiServer(self.env, workers=1).start()
         self.notifications = self.start_notifications()
         self.others = [
+            # Every queue but notifications (its pool is the one the worker scenario kills).
             dramatiq_workers(
-                self.env, ["events", "sla", "sla_sweeps", "maintenance"], threads=8
+                self.env, [q for q in ALL_QUEUES if q != NOTIFICATIONS_QUEUE], threads=8
             ).start(),
             scheduler_process(self.env).start(),
         ]
         return self
 
     def start_notifications(self) -> ServiceProcess:
-        return dramatiq_workers(self.env, ["notifications"], threads=16).start()
+        return dramatiq_workers(self.env, [NOTIFICATIONS_QUEUE], threads=16).start()
 
     def token(self) -> str:
         """A development token for the load user (the API runs with APP_ENV=development)."""

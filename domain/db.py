@@ -21,15 +21,19 @@ POOL_OVERFLOW = 5
 POOL_TIMEOUT_S = 5
 
 
+def pool_capacity(settings: Settings, *, pool_size: int | None = None) -> int:
+    """The most connections one process's pool holds: DB_POOL_SIZE plus the burst allowance."""
+    return (pool_size or settings.db_pool_size) + POOL_OVERFLOW
+
+
 def make_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
-    size = (pool_size or settings.db_pool_size) + POOL_OVERFLOW
     return create_async_engine(
         settings.sqlalchemy_url,
         # At most DB_POOL_SIZE + POOL_OVERFLOW connections, as with pool_size/max_overflow, but the
         # pool keeps every connection it opens instead of closing the overflow ones whenever
         # they come back: under load that closed and reopened dozens of connections (each a new
         # PostgreSQL process) every 10 s. Connections are opened on demand; bench/http_load.py.
-        pool_size=size,
+        pool_size=pool_capacity(settings, pool_size=pool_size),
         max_overflow=0,
         pool_pre_ping=False,  # a dead connection fails one request; pre-ping costs every request
         pool_recycle=1800,
@@ -55,7 +59,8 @@ class ConnectionGate:
     """
 
     def __init__(self, settings: Settings, *, timeout_s: float = POOL_TIMEOUT_S) -> None:
-        self._slots = asyncio.Semaphore(max(1, settings.db_pool_size + POOL_OVERFLOW - 1))
+        self.slots = max(1, pool_capacity(settings) - 1)
+        self._slots = asyncio.Semaphore(self.slots)
         self.timeout_s = timeout_s
 
     @asynccontextmanager

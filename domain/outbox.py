@@ -24,6 +24,7 @@ SLA_QUEUE = "sla"
 # The SLA backstop sweep has a queue of its own (consumed by the sla pool too): a burst of due
 # wake-ups on the sla queue would otherwise hold it back, and it breaches them in batches.
 SLA_SWEEP_QUEUE = "sla_sweeps"
+ALL_QUEUES = (EVENTS_QUEUE, NOTIFICATIONS_QUEUE, MAINTENANCE_QUEUE, SLA_QUEUE, SLA_SWEEP_QUEUE)
 DISPATCH_ACTOR = "dispatch_event"
 
 

@@ -41,30 +41,20 @@ class TicketView:
 
 
 class TicketRow(Protocol):
-    """A ticket's columns, read-only: an ORM ``Ticket`` or a plain row from a list query."""
+    """A ticket's columns as read for a response: an ORM ``Ticket`` or a plain row of a list
+    query (the attributes the responses use)."""
 
-    @property
-    def id(self) -> str: ...
-    @property
-    def user_id(self) -> str: ...
-    @property
-    def subject(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def priority(self) -> str: ...
-    @property
-    def category(self) -> str | None: ...
-    @property
-    def assignee_id(self) -> str | None: ...
-    @property
-    def created_at(self) -> datetime: ...
-    @property
-    def updated_at(self) -> datetime: ...
-    @property
-    def sla_due_at(self) -> datetime | None: ...
-    @property
-    def sla_breached_at(self) -> datetime | None: ...
+    id: str
+    user_id: str
+    subject: str
+    status: str
+    priority: str
+    category: str | None
+    assignee_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    sla_due_at: datetime | None
+    sla_breached_at: datetime | None
 
 
 @dataclass(frozen=True)

@@ -11,19 +11,19 @@ import pytest
 from litestar.testing import AsyncTestClient
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from domain.db import POOL_OVERFLOW, ConnectionGate
+from domain.db import ConnectionGate
 from domain.settings import Settings
 from tests.conftest import TokenFactory, auth
 
 
-async def _hold_every_slot(gate: ConnectionGate, stack: AsyncExitStack, slots: int) -> None:
-    for _ in range(slots):
+async def _hold_every_slot(gate: ConnectionGate, stack: AsyncExitStack) -> None:
+    for _ in range(gate.slots):
         await stack.enter_async_context(gate.slot())
 
 
 async def test_waiters_get_freed_slots_before_later_arrivals(settings: Settings) -> None:
     gate = ConnectionGate(replace(settings, db_pool_size=1))
-    held = [gate.slot() for _ in range(POOL_OVERFLOW)]  # every slot of the gate
+    held = [gate.slot() for _ in range(gate.slots)]  # every slot of the gate
     for slot in held:
         await slot.__aenter__()
     admitted: list[str] = []
@@ -57,7 +57,7 @@ async def test_waiters_get_freed_slots_before_later_arrivals(settings: Settings)
 async def test_a_request_that_waits_too_long_fails_like_a_pool_timeout(settings: Settings) -> None:
     gate = ConnectionGate(replace(settings, db_pool_size=1), timeout_s=0.1)
     async with AsyncExitStack() as held:
-        await _hold_every_slot(gate, held, POOL_OVERFLOW)
+        await _hold_every_slot(gate, held)
         with pytest.raises(PoolTimeout):
             async with gate.slot():
                 pass
@@ -73,7 +73,7 @@ async def test_api_answers_503_with_retry_after_when_no_connection_frees_up(
     gate = ConnectionGate(settings, timeout_s=0.2)
     client.app.state.connection_gate = gate
     async with AsyncExitStack() as held:
-        await _hold_every_slot(gate, held, settings.db_pool_size + POOL_OVERFLOW - 1)
+        await _hold_every_slot(gate, held)
         busy = await client.get("/v1/support/tickets", headers=token)
         assert busy.status_code == 503
         assert busy.headers.get("retry-after")

@@ -15,6 +15,7 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
+from domain.outbox import ALL_QUEUES
 from domain.settings import load_settings
 from tests.conftest import TEAM, TokenFactory, auth
 from tests.processes import PrivateRedis, ServiceProcess, dramatiq_workers, scheduler
@@ -22,7 +23,7 @@ from tests.sinks import HttpSink, SmtpSink, eventually
 
 pytestmark = pytest.mark.slow
 
-QUEUES = ["events", "notifications", "maintenance", "sla", "sla_sweeps"]
+QUEUES = list(ALL_QUEUES)
 PER_TICKET = len(TEAM)  # emails per new ticket (plus one Slack post)
 
 

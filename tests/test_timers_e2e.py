@@ -16,7 +16,7 @@ from dramatiq.brokers.redis import RedisBroker
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
-from domain.outbox import SLA_QUEUE
+from domain.outbox import ALL_QUEUES, SLA_QUEUE
 from domain.settings import load_settings
 from tests.conftest import TEAM, TokenFactory, auth
 from tests.processes import ServiceProcess, dramatiq_workers, scheduler
@@ -24,7 +24,7 @@ from tests.sinks import SmtpSink, eventually
 
 pytestmark = pytest.mark.slow
 
-QUEUES = ["events", "notifications", "maintenance", "sla", "sla_sweeps"]
+QUEUES = list(ALL_QUEUES)
 USER_URL = "/v1/support/tickets"
 ADMIN_URL = "/v1/admin/support/tickets"
 
