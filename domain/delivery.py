@@ -3,6 +3,7 @@ as far as the ledger knows, retried on transient failures, stopped on permanent 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,7 +11,8 @@ from enum import StrEnum
 from typing import Protocol, cast
 
 import structlog
-from sqlalchemy import Table, bindparam, exists, select, text, update
+from sqlalchemy import String, Table, any_, bindparam, exists, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.ids import new_id
@@ -108,8 +110,11 @@ _INSERT_AND_LIST_PENDING = text(
     SELECT id FROM existing WHERE status = 'pending'
     """
 )
-_LOAD_DELIVERY = (
+# The rows of a batch, locked, each with its event, ticket and message. Rows another worker holds
+# are skipped (it is sending them). Ordered, so two batches that overlap lock in the same order.
+_LOAD_DELIVERIES = (
     select(
+        Delivery.id,
         Delivery.event_id,
         Delivery.channel,
         Delivery.recipient,
@@ -123,35 +128,28 @@ _LOAD_DELIVERY = (
     .outerjoin(TicketEvent, TicketEvent.id == Delivery.event_id)
     .outerjoin(Ticket, Ticket.id == TicketEvent.ticket_id)
     .outerjoin(Message, Message.id == TicketEvent.payload["message_id"].astext)
-    .where(Delivery.id == bindparam("delivery_id"))
+    .where(Delivery.id == any_(bindparam("delivery_ids", type_=ARRAY(String))))
+    .order_by(Delivery.id)
     .with_for_update(of=Delivery, skip_locked=True)
 )
-_RECORD_RETRY = (
-    update(_deliveries)
-    .where(_deliveries.c.id == bindparam("delivery_id"))
-    .values(
-        attempts=bindparam("attempts"), updated_at=bindparam("now"), last_error=bindparam("error")
-    )
-)
-_RECORD_SENT = (
-    update(_deliveries)
-    .where(_deliveries.c.id == bindparam("delivery_id"))
-    .values(
-        status=SENT,
-        attempts=bindparam("attempts"),
-        updated_at=bindparam("now"),
-        sent_at=bindparam("now"),
-    )
-)
-_RECORD_FAILED = (
-    update(_deliveries)
-    .where(_deliveries.c.id == bindparam("delivery_id"))
-    .values(
-        status=FAILED,
-        attempts=bindparam("attempts"),
-        updated_at=bindparam("now"),
-        last_error=bindparam("error"),
-    )
+# Every row's result in one statement. A retry keeps the row pending with its error; a sent row
+# keeps the last error it met on the way (an operator may want to see it).
+_RECORD_RESULTS = text(
+    """
+    UPDATE deliveries AS d
+    SET status = r.status,
+        attempts = r.attempts,
+        updated_at = :now,
+        last_error = COALESCE(r.error, d.last_error),
+        sent_at = CASE WHEN r.status = 'sent' THEN :now ELSE d.sent_at END
+    FROM unnest(
+        CAST(:ids AS varchar[]),
+        CAST(:statuses AS varchar[]),
+        CAST(:attempts AS integer[]),
+        CAST(:errors AS text[])
+    ) AS r (id, status, attempts, error)
+    WHERE d.id = r.id
+    """
 )
 _LOCK_OPEN_EVENT = (
     select(_events.c.id)
@@ -219,97 +217,110 @@ async def plan_deliveries(
 async def deliver(
     session: AsyncSession, delivery_id: str, config: DeliveryConfig, now: datetime
 ) -> DeliveryResult:
-    """Send one ledger row's notification unless the ledger says it is done.
+    """Send one ledger row's notification unless the ledger says it is done."""
+    (result,) = await deliver_batch(session, [delivery_id], config, now)
+    return result
 
-    The row stays locked during the send, so a duplicate message for the same delivery waits
-    for this one or skips; the caller commits the result.
 
-    One statement loads the row (locked) with its event, ticket and message; the result is
-    written with one UPDATE, plus the event's completion check when the row is finished.
+async def deliver_batch(
+    session: AsyncSession, delivery_ids: Sequence[str], config: DeliveryConfig, now: datetime
+) -> list[DeliveryResult]:
+    """Send the notifications of ledger rows still pending (one result per id, in order).
+
+    The rows stay locked during the sends, so a duplicate message for the same rows waits or
+    skips them; the caller commits. The sends run concurrently: a worker killed in the middle
+    re-sends at most what was in flight, as with one row per message. One statement loads the
+    rows with their events, tickets and messages, one records every result, and the events
+    whose rows are all finished are marked completed.
     """
-    loaded = (await session.execute(_LOAD_DELIVERY, {"delivery_id": delivery_id})).first()
-    if loaded is None:
-        return DeliveryResult(Outcome.SKIPPED)
-    event_id, channel_name, recipient, status, attempts, event, ticket, message = loaded
-    if status != PENDING:
-        return DeliveryResult(Outcome.SKIPPED)
-    row = _Row(delivery_id, event_id, attempts)
-    bound = log.bind(
-        event_id=event_id,
-        ticket_id=ticket.id if ticket else None,
-        channel=channel_name,
-        delivery_id=delivery_id,
-        request_id=event.request_id if event else None,
-    )
-    if event is None or ticket is None:
-        return await _finish(session, row, FAILED, "event or ticket no longer exists", now, bound)
-    channel = config.channels.get(channel_name)
-    if channel is None:
-        return await _finish(session, row, FAILED, "channel is not configured", now, bound)
-    notice = render(
-        event,
-        ticket,
-        Recipient(channel_name, recipient),
-        message=message,
-        sender=config.sender,
-    )
-    row.attempts += 1
-    try:
-        await channel.send(notice)
-    except PermanentDeliveryError as exc:
-        return await _finish(session, row, FAILED, str(exc), now, bound)
-    except TransientDeliveryError as exc:
-        if row.attempts >= config.max_attempts:
-            return await _finish(
-                session,
-                row,
-                FAILED,
-                f"gave up after {row.attempts} attempts: {exc}",
-                now,
-                bound,
+    loaded = (await session.execute(_LOAD_DELIVERIES, {"delivery_ids": list(delivery_ids)})).all()
+    attempts: list[_Attempt] = []
+    for row_id, event_id, channel, recipient, status, tries, event, ticket, message in loaded:
+        if status == PENDING:
+            attempts.append(
+                _Attempt(row_id, event_id, channel, recipient, tries, event, ticket, message)
             )
-        await session.execute(
-            _RECORD_RETRY,
-            {
-                "delivery_id": delivery_id,
-                "attempts": row.attempts,
-                "now": now,
-                "error": str(exc)[:2000],
-            },
-        )
-        bound.warning("delivery.attempt", outcome="retry", attempt=row.attempts, error=str(exc))
-        return DeliveryResult(Outcome.RETRY, retry_after_s=exc.retry_after_s, error=str(exc))
-    return await _finish(session, row, SENT, None, now, bound)
+    if not attempts:
+        return [DeliveryResult(Outcome.SKIPPED) for _ in delivery_ids]
+    await asyncio.gather(*(attempt.run(config) for attempt in attempts))
+    await session.execute(
+        _RECORD_RESULTS,
+        {
+            "now": now,
+            "ids": [a.id for a in attempts],
+            "statuses": [a.status for a in attempts],
+            "attempts": [a.attempts for a in attempts],
+            "errors": [a.error[:2000] if a.error else None for a in attempts],
+        },
+    )
+    finished_events = sorted({a.event_id for a in attempts if a.status != PENDING})
+    for event_id in finished_events:  # in order: two batches lock shared events alike
+        await complete_event_if_done(session, event_id, now)
+    results = {a.id: a.result for a in attempts}
+    return [results.get(i, DeliveryResult(Outcome.SKIPPED)) for i in delivery_ids]
 
 
 @dataclass
-class _Row:
-    """The ledger row being worked on (read once, written once)."""
+class _Attempt:
+    """One pending ledger row and what became of it."""
 
     id: str
     event_id: str
+    channel: str
+    recipient: str
     attempts: int
+    event: TicketEvent | None
+    ticket: Ticket | None
+    message: Message | None
+    status: str = PENDING
+    error: str | None = None
+    result: DeliveryResult = DeliveryResult(Outcome.SKIPPED)
 
+    async def run(self, config: DeliveryConfig) -> None:
+        bound = log.bind(
+            event_id=self.event_id,
+            ticket_id=self.ticket.id if self.ticket else None,
+            channel=self.channel,
+            delivery_id=self.id,
+            request_id=self.event.request_id if self.event else None,
+        )
+        if self.event is None or self.ticket is None:
+            return self._fail("event or ticket no longer exists", bound)
+        channel = config.channels.get(self.channel)
+        if channel is None:
+            return self._fail("channel is not configured", bound)
+        notice = render(
+            self.event,
+            self.ticket,
+            Recipient(self.channel, self.recipient),
+            message=self.message,
+            sender=config.sender,
+        )
+        self.attempts += 1
+        try:
+            await channel.send(notice)
+        except PermanentDeliveryError as exc:
+            return self._fail(str(exc), bound)
+        except TransientDeliveryError as exc:
+            if self.attempts >= config.max_attempts:
+                return self._fail(f"gave up after {self.attempts} attempts: {exc}", bound)
+            self.error = str(exc)
+            self.result = DeliveryResult(
+                Outcome.RETRY, retry_after_s=exc.retry_after_s, error=self.error
+            )
+            bound.warning(
+                "delivery.attempt", outcome="retry", attempt=self.attempts, error=self.error
+            )
+            return None
+        self.status = SENT
+        self.result = DeliveryResult(Outcome.SENT)
+        bound.info("delivery.attempt", outcome="sent", attempt=self.attempts)
+        return None
 
-async def _finish(
-    session: AsyncSession,
-    row: _Row,
-    status: str,
-    error: str | None,
-    now: datetime,
-    bound: structlog.stdlib.BoundLogger,
-) -> DeliveryResult:
-    params = {"delivery_id": row.id, "attempts": row.attempts, "now": now}
-    if status == SENT:
-        await session.execute(_RECORD_SENT, params)
-    else:
-        await session.execute(_RECORD_FAILED, {**params, "error": (error or "")[:2000]})
-    if status == SENT:
-        bound.info("delivery.attempt", outcome="sent", attempt=row.attempts)
-    else:
-        bound.error("delivery.attempt", outcome="failed", attempt=row.attempts, error=error)
-    await complete_event_if_done(session, row.event_id, now)
-    return DeliveryResult(Outcome.SENT if status == SENT else Outcome.FAILED, error=error)
+    def _fail(self, error: str, bound: structlog.stdlib.BoundLogger) -> None:
+        self.status, self.error = FAILED, error
+        self.result = DeliveryResult(Outcome.FAILED, error=error)
+        bound.error("delivery.attempt", outcome="failed", attempt=self.attempts, error=error)
 
 
 async def complete_event_if_done(session: AsyncSession, event_id: str, now: datetime) -> bool:

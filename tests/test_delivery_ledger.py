@@ -3,6 +3,7 @@ transient failures are retried, permanent ones are recorded and stopped."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -18,6 +19,7 @@ from domain.delivery import (
     PermanentDeliveryError,
     TransientDeliveryError,
     deliver,
+    deliver_batch,
     plan_deliveries,
 )
 from domain.events import take_pending_event_ids
@@ -75,6 +77,42 @@ async def plan(
         ids = await plan_deliveries(session, event_id, config, utcnow())
         await session.commit()
         return ids
+
+
+async def run_batch(
+    sessions: async_sessionmaker[AsyncSession], delivery_ids: list[str], config: DeliveryConfig
+) -> list[Outcome]:
+    async with sessions() as session:
+        results = await deliver_batch(session, delivery_ids, config, utcnow())
+        await session.commit()
+        return [result.outcome for result in results]
+
+
+class RefusingChannel:
+    """Refuses one recipient for now (SMTP 4xx), accepts the others."""
+
+    def __init__(self, refused: str) -> None:
+        self.refused: str | None = refused
+        self.sent: list[str] = []
+
+    async def send(self, notice: Notice) -> None:
+        if notice.recipient == self.refused:
+            raise TransientDeliveryError("SMTP 452 mailbox busy", retry_after_s=2.0)
+        self.sent.append(notice.recipient)
+
+
+class GatedChannel(RecordingChannel):
+    """Holds every send until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def send(self, notice: Notice) -> None:
+        self.started.set()
+        await self.gate.wait()
+        await super().send(notice)
 
 
 async def run(
@@ -164,3 +202,51 @@ async def test_event_with_nobody_to_tell_completes_at_once(
     assert await plan(sessions, await new_ticket_event(sessions), config) == []
     assert db.execute("SELECT completed_at IS NOT NULL FROM ticket_events").fetchone() == (True,)
     assert db.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)
+
+
+async def test_a_batch_retries_only_the_rows_that_failed(
+    sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
+) -> None:
+    channel = RefusingChannel(refused=TEAM[1])
+    config = DeliveryConfig(team_emails=TEAM, sender="s@hd.test", channels={"email": channel})
+    ids = await plan(sessions, await new_ticket_event(sessions), config)
+    by_recipient = dict(db.execute("SELECT recipient, id FROM deliveries").fetchall())
+
+    outcomes = await run_batch(sessions, ids, config)
+    assert dict(zip(ids, outcomes, strict=True)) == {
+        by_recipient[TEAM[0]]: Outcome.SENT,
+        by_recipient[TEAM[1]]: Outcome.RETRY,
+    }
+    rows = db.execute("SELECT recipient, status, attempts, last_error FROM deliveries").fetchall()
+    assert sorted(rows) == [
+        (TEAM[0], "sent", 1, None),
+        (TEAM[1], "pending", 1, "SMTP 452 mailbox busy"),
+    ]
+    assert db.execute("SELECT completed_at FROM ticket_events").fetchone() == (None,)
+
+    channel.refused = None  # the mailbox is free again; the whole message is retried
+    outcomes = await run_batch(sessions, ids, config)
+    assert sorted(outcomes) == sorted([Outcome.SKIPPED, Outcome.SENT])
+    assert sorted(channel.sent) == sorted(TEAM)  # the first recipient was not sent twice
+    rows = db.execute("SELECT recipient, status, attempts, last_error FROM deliveries").fetchall()
+    assert sorted(rows) == [
+        (TEAM[0], "sent", 1, None),
+        (TEAM[1], "sent", 2, "SMTP 452 mailbox busy"),  # sent, with what it met on the way
+    ]
+    assert db.execute("SELECT completed_at IS NOT NULL FROM ticket_events").fetchone() == (True,)
+
+
+async def test_a_duplicate_batch_running_at_the_same_time_sends_nothing(
+    sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
+) -> None:
+    channel = GatedChannel()
+    config = DeliveryConfig(team_emails=TEAM, sender="s@hd.test", channels={"email": channel})
+    ids = await plan(sessions, await new_ticket_event(sessions), config)
+
+    first = asyncio.create_task(run_batch(sessions, ids, config))
+    await asyncio.wait_for(channel.started.wait(), timeout=5)  # the first holds the rows
+    assert await run_batch(sessions, ids, config) == [Outcome.SKIPPED, Outcome.SKIPPED]
+    channel.gate.set()
+    assert await first == [Outcome.SENT, Outcome.SENT]
+    assert sorted(n.recipient for n in channel.sent) == sorted(TEAM)
+    assert db.execute("SELECT count(*) FROM deliveries WHERE status = 'sent'").fetchone() == (2,)

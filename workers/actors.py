@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import ParamSpec
+from typing import Any, ParamSpec
 
 import dramatiq
 import structlog
@@ -18,7 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain import events
-from domain.delivery import Outcome, deliver, plan_deliveries
+from domain.delivery import Outcome, deliver_batch, plan_deliveries
 from domain.models import TicketEvent
 from domain.outbox import (
     DISPATCH_ACTOR,
@@ -59,6 +59,7 @@ def retry_soon_if_database_down(
 
 OUTBOX_BATCH = 500
 TIMER_BATCH = 1000
+DELIVERY_BATCH = 25  # ledger rows per delivery message (an event's recipients, usually all)
 
 
 @dramatiq.actor(
@@ -77,8 +78,10 @@ async def dispatch_event(event_id: str) -> None:
         pending = await plan_deliveries(session, event_id, rt.delivery, rt.clock())
         wakeup = await _sla_wakeup(session, event_id, rt.clock())
         await session.commit()
-    for delivery_id in pending:
-        deliver_notification.send(delivery_id)
+    # One message per batch of an event's recipients, not per recipient: a Dramatiq hop and a
+    # transaction per email cost more CPU than the email itself.
+    for start in range(0, len(pending), DELIVERY_BATCH):
+        deliver_notifications.send(pending[start : start + DELIVERY_BATCH])
     if wakeup is not None:
         ticket_id, delay = wakeup
         # A hint, not the truth: the deadline lives in PostgreSQL and the sweep backs this up.
@@ -169,7 +172,7 @@ def _ms(delta: timedelta) -> int:
     return int(delta.total_seconds() * 1000)
 
 
-@dramatiq.actor(
+_DELIVERY_OPTIONS: dict[str, Any] = dict(
     queue_name=NOTIFICATIONS_QUEUE,
     # ~20 attempts with backoff capped at a minute: an SMTP or Slack outage of several minutes
     # still delivers; after that the ledger marks the delivery failed for an operator.
@@ -178,16 +181,36 @@ def _ms(delta: timedelta) -> int:
     max_backoff=60_000,
     time_limit=60_000,
 )
+
+
+@dramatiq.actor(**_DELIVERY_OPTIONS)
+@retry_soon_if_database_down
+async def deliver_notifications(delivery_ids: list[str]) -> None:
+    """Send the notifications of these ledger rows, skipping what the ledger shows as done.
+
+    A retry runs the whole message again: the rows already sent or failed are skipped.
+    """
+    await _deliver(delivery_ids)
+
+
+@dramatiq.actor(**_DELIVERY_OPTIONS)
 @retry_soon_if_database_down
 async def deliver_notification(delivery_id: str) -> None:
-    """Send one notification unless the ledger says it was already sent (or given up on)."""
+    """One ledger row per message, as releases before batching sent them: kept so that messages
+    already queued by such a release are still delivered after an upgrade."""
+    await _deliver([delivery_id])
+
+
+async def _deliver(delivery_ids: list[str]) -> None:
     rt = runtime()
     async with rt.sessionmaker() as session:
-        result = await deliver(session, delivery_id, rt.delivery, rt.clock())
+        results = await deliver_batch(session, delivery_ids, rt.delivery, rt.clock())
         await session.commit()
-    if result.outcome is Outcome.RETRY:
-        delay_ms = int(result.retry_after_s * 1000) if result.retry_after_s is not None else None
-        raise dramatiq.Retry(result.error or "transient delivery failure", delay=delay_ms)
+    retries = [r for r in results if r.outcome is Outcome.RETRY]
+    if retries:
+        waits = [r.retry_after_s for r in retries if r.retry_after_s is not None]
+        delay_ms = int(max(waits) * 1000) if waits else None
+        raise dramatiq.Retry(retries[0].error or "transient delivery failure", delay=delay_ms)
 
 
 @dramatiq.actor(

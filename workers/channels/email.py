@@ -25,7 +25,8 @@ from domain.delivery import PermanentDeliveryError, TransientDeliveryError
 from domain.notifications import Notice
 from domain.settings import Settings
 
-MAX_IDLE_CONNECTIONS = 32
+MAX_CONNECTIONS = 32  # open at once per worker process; more sends wait for one to be free
+MAX_IDLE_CONNECTIONS = MAX_CONNECTIONS
 IDLE_TIMEOUT_S = 20.0  # below the idle timeouts of common SMTP servers (a minute or more)
 MAX_MESSAGES_PER_CONNECTION = 100  # some servers cap messages per connection
 
@@ -102,6 +103,7 @@ class SmtpChannel:
         self.envelope_from = parseaddr(settings.smtp_from)[1] or settings.smtp_from
         self._idle: list[_Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     async def send(self, notice: Notice) -> None:
         message = build_email(notice, self.settings.smtp_from)
@@ -125,6 +127,21 @@ class SmtpChannel:
             await self._quit(connection)
 
     async def _send(self, recipient: str, message: bytes) -> None:
+        # A worker sends an event's emails at once: the cap keeps it from opening a connection
+        # per recipient per thread (servers limit connections per client).
+        self._use_running_loop()
+        async with self._slots:
+            await self._send_on_a_connection(recipient, message)
+
+    def _use_running_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            # Connections and the semaphore of another event loop cannot be used on this one.
+            self._idle = []
+            self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+            self._loop = loop
+
+    async def _send_on_a_connection(self, recipient: str, message: bytes) -> None:
         for attempt in range(2):
             connection, reused = await self._checkout()
             try:
@@ -170,11 +187,7 @@ class SmtpChannel:
             raise
 
     async def _checkout(self) -> tuple[_Connection, bool]:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._idle = []  # connections made on another event loop cannot be used on this one
-            self._loop = loop
-        now = loop.time()
+        now = asyncio.get_running_loop().time()
         while self._idle:
             connection = self._idle.pop()
             if connection.client.is_connected and now - connection.idle_since < IDLE_TIMEOUT_S:
