@@ -169,10 +169,17 @@ _COMPLETE_EVENT = (
 )
 
 
+@dataclass(frozen=True)
+class DeliveryPlan:
+    pending: list[str]  # ledger rows still to send
+    event: TicketEvent | None  # None when the event no longer exists
+
+
 async def plan_deliveries(
     session: AsyncSession, event_id: str, config: DeliveryConfig, now: datetime
-) -> list[str]:
-    """Record a ledger row for everyone who must hear of the event; return the pending row ids.
+) -> DeliveryPlan:
+    """Record a ledger row for everyone who must hear of the event; return the pending row ids
+    (and the event, for the caller's other decisions: loading it again costs a query).
 
     Idempotent: running it again for the same event adds nothing and returns what is still
     pending. An event with nothing left pending is marked completed.
@@ -182,15 +189,15 @@ async def plan_deliveries(
     """
     loaded = (await session.execute(_LOAD_EVENT, {"event_id": event_id})).first()
     if loaded is None:
-        return []
+        return DeliveryPlan([], None)
     event, ticket, assignee_email = loaded
     if event.completed_at is not None:
-        return []
+        return DeliveryPlan([], event)
     if event.published_at is None:
         event.published_at = now  # picked up before the publisher could mark it
     if ticket is None:
         event.completed_at = now
-        return []
+        return DeliveryPlan([], event)
     audience = Audience(
         team_emails=config.team_emails,
         email_enabled="email" in config.channels,
@@ -211,7 +218,7 @@ async def plan_deliveries(
         pending = (await session.scalars(_PENDING_OF_EVENT, {"event_id": event.id})).all()
     if not pending:
         event.completed_at = now
-    return list(pending)
+    return DeliveryPlan(list(pending), event)
 
 
 async def deliver(

@@ -74,9 +74,9 @@ async def plan(
     sessions: async_sessionmaker[AsyncSession], event_id: str, config: DeliveryConfig
 ) -> list[str]:
     async with sessions() as session:
-        ids = await plan_deliveries(session, event_id, config, utcnow())
+        planned = await plan_deliveries(session, event_id, config, utcnow())
         await session.commit()
-        return ids
+        return planned.pending
 
 
 async def run_batch(

@@ -15,7 +15,6 @@ import dramatiq
 import structlog
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain import events
 from domain.delivery import Outcome, deliver_batch, plan_deliveries
@@ -75,9 +74,10 @@ async def dispatch_event(event_id: str) -> None:
     """Record who must hear of an event (ledger rows) and queue one delivery per recipient."""
     rt = runtime()
     async with rt.sessionmaker() as session:
-        pending = await plan_deliveries(session, event_id, rt.delivery, rt.clock())
-        wakeup = await _sla_wakeup(session, event_id, rt.clock())
+        plan = await plan_deliveries(session, event_id, rt.delivery, rt.clock())
+        wakeup = _sla_wakeup(plan.event, rt.clock())
         await session.commit()
+    pending = plan.pending
     # One message per batch of an event's recipients, not per recipient: a Dramatiq hop and a
     # transaction per email cost more CPU than the email itself.
     for start in range(0, len(pending), DELIVERY_BATCH):
@@ -88,10 +88,7 @@ async def dispatch_event(event_id: str) -> None:
         check_sla_deadline.send_with_options(args=(ticket_id,), delay=_ms(delay) + 5)
 
 
-async def _sla_wakeup(
-    session: AsyncSession, event_id: str, now: datetime
-) -> tuple[str, timedelta] | None:
-    event = await session.get(TicketEvent, event_id)
+def _sla_wakeup(event: TicketEvent | None, now: datetime) -> tuple[str, timedelta] | None:
     if event is None or event.type not in (events.TICKET_CREATED, events.TICKET_UPDATED):
         return None
     delay = sla_wakeup_delay(event.payload or {}, now)
