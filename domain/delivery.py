@@ -324,7 +324,7 @@ class _Attempt:
         bound.info("delivery.attempt", outcome="sent", attempt=self.attempts)
         return None
 
-    def _fail(self, error: str, bound: structlog.stdlib.BoundLogger) -> None:
+    def _fail(self, error: str, bound: structlog.typing.FilteringBoundLogger) -> None:
         self.status, self.error = FAILED, error
         self.result = DeliveryResult(Outcome.FAILED, error=error)
         bound.error("delivery.attempt", outcome="failed", attempt=self.attempts, error=error)

@@ -114,6 +114,9 @@ def to_sqlalchemy_url(url: str) -> str:
     raise ConfigError(f"DATABASE_URL must be a postgresql:// URL, got {url.split('@')[-1]!r}")
 
 
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def load_settings(env: dict[str, str] | None = None) -> Settings:
     """Read settings from ``env`` (default: ``os.environ``), validating each value."""
     env = dict(os.environ if env is None else env)
@@ -158,6 +161,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
     if log_format not in {"json", "console"}:
         raise ConfigError(f"LOG_FORMAT must be 'json' or 'console', got {log_format!r}")
 
+    log_level = env.get("LOG_LEVEL", "").strip().upper() or "INFO"
+    if log_level not in _LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(_LOG_LEVELS)}, got {log_level!r}")
+
     database_url = env.get("DATABASE_URL", "").strip() or Settings.database_url
     to_sqlalchemy_url(database_url)  # validates the scheme early
 
@@ -184,7 +191,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         sla_urgent_seconds=_int(env, "SLA_URGENT_SECONDS", 3600, minimum=1),
         auto_close_seconds=_int(env, "AUTO_CLOSE_SECONDS", 604800, minimum=1),
         log_format=log_format,
-        log_level=(env.get("LOG_LEVEL", "").strip() or "INFO").upper(),
+        log_level=log_level,
         outbox_sweep_interval_s=_float(env, "OUTBOX_SWEEP_INTERVAL_SECONDS", 2.0, minimum=0.05),
         outbox_republish_after_s=_float(env, "OUTBOX_REPUBLISH_AFTER_SECONDS", 120.0, minimum=0.1),
         outbox_publish_grace_s=_float(env, "OUTBOX_PUBLISH_GRACE_SECONDS", 5.0, minimum=0.0),
