@@ -4,6 +4,8 @@ SMTP and HTTP servers. Destructive cases use a private redis-server on a random 
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -25,6 +27,7 @@ pytestmark = pytest.mark.slow
 
 QUEUES = list(ALL_QUEUES)
 PER_TICKET = len(TEAM)  # emails per new ticket (plus one Slack post)
+HANG_GUARD_S = 20.0
 
 
 @asynccontextmanager
@@ -79,6 +82,42 @@ async def test_redis_down_during_writes_delays_but_loses_nothing(
     assert await eventually(lambda: len(slack_sink.received) == len(ids), within_s=20)
     assert {m.message["X-Helpdesk-Ticket"] for m in smtp_sink.received} == set(ids)
     assert no_duplicates(smtp_sink)
+
+
+@pytest.fixture
+def hanging_redis() -> Iterator[str]:
+    """A Redis URL whose server accepts connections and never answers (a stuck host): the
+    kernel completes the handshakes into the listen backlog, nobody reads."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(256)
+        # A blocking call without a timeout would block the test's event loop too: closing the
+        # listener later resets the waiting connections, so such a bug fails instead of hanging.
+        unstick = threading.Timer(HANG_GUARD_S, listener.close)
+        unstick.start()
+        yield f"redis://127.0.0.1:{listener.getsockname()[1]}/0"
+        unstick.cancel()
+
+
+async def test_a_hanging_redis_does_not_hang_writes(
+    service_env: dict[str, str],
+    hanging_redis: str,
+    make_token: TokenFactory,
+    db: psycopg.Connection[Any],
+) -> None:
+    # The rate limiter and the publisher both talk to this Redis on every write.
+    env = {**service_env, "REDIS_URL": hanging_redis, "RATE_LIMIT_PER_MINUTE": "600"}
+    async with api(env) as client:
+        # Every write answers 201, in a few seconds at most: the publisher's and the limiter's
+        # socket timeouts and their back-off bound the stall (the guard is far above that).
+        started = time.monotonic()
+        ids = await create_tickets(client, make_token("user-1"), 20)
+        assert time.monotonic() - started < HANG_GUARD_S
+        assert (await client.get("/readyz")).status_code == 200
+    # The events wait in the outbox for the sweep, none marked published by mistake.
+    assert db.execute(
+        "SELECT count(*), count(published_at) FROM ticket_events WHERE type = 'ticket.created'"
+    ).fetchone() == (len(ids), 0)
 
 
 async def test_redis_restarted_empty_before_workers_ran_loses_nothing(
