@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
+from types import FrameType
 from typing import Any
 
 import dramatiq
@@ -33,12 +37,45 @@ class WorkerRuntime(Middleware):
     # Before boot, not after: the worker's threads start consuming before after_worker_boot.
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         configure_logging(self.settings)
+        ignore_repeated_sigterm()
         runtime.start(self.settings)
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         loop_thread = get_event_loop_thread()
         if loop_thread is not None:
             loop_thread.run_coroutine(runtime.stop())
+
+
+SIGTERM_REPEAT_WINDOW_S = 3.0
+
+
+def ignore_repeated_sigterm() -> None:
+    """One stop request should stop a worker process gracefully, even when it arrives twice.
+
+    A process manager that signals the pool's whole process group (honcho, under ``make run``)
+    reaches each worker process directly, and Dramatiq's main process forwards the same SIGTERM
+    to it again. Dramatiq treats a second SIGTERM as "exit now", which skips stopping the
+    worker's threads, so the process hung until the manager's SIGKILL (seen on every ``make
+    run`` stop). A repeat within a few seconds of the first is taken as the same request; a
+    later one still forces the exit. Only inside Dramatiq's worker processes (their SIGTERM
+    handler is Dramatiq's), and only from the main thread, where handlers can be set.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    dramatiq_handler = signal.getsignal(signal.SIGTERM)
+    if not callable(dramatiq_handler):
+        return
+    first_at: float | None = None
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        nonlocal first_at
+        now = time.monotonic()
+        if first_at is not None and now - first_at < SIGTERM_REPEAT_WINDOW_S:
+            return
+        first_at = first_at if first_at is not None else now
+        dramatiq_handler(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def build_broker(settings: Settings) -> RedisBroker:
