@@ -309,19 +309,30 @@ class _Attempt:
         except PermanentDeliveryError as exc:
             return self._fail(str(exc), bound)
         except TransientDeliveryError as exc:
-            if self.attempts >= config.max_attempts:
-                return self._fail(f"gave up after {self.attempts} attempts: {exc}", bound)
-            self.error = str(exc)
-            self.result = DeliveryResult(
-                Outcome.RETRY, retry_after_s=exc.retry_after_s, error=self.error
-            )
-            bound.warning(
-                "delivery.attempt", outcome="retry", attempt=self.attempts, error=self.error
-            )
-            return None
+            return self._retry(str(exc), exc.retry_after_s, config, bound)
+        except Exception as exc:
+            # A bug or a failure the channel did not classify: retried like a transient one
+            # (and given up after max_attempts), so the other rows of the batch are still
+            # recorded as sent instead of the whole batch being sent again.
+            bound.exception("delivery.unexpected_error")
+            return self._retry(f"{type(exc).__name__}: {exc}", None, config, bound)
         self.status = SENT
         self.result = DeliveryResult(Outcome.SENT)
         bound.info("delivery.attempt", outcome="sent", attempt=self.attempts)
+        return None
+
+    def _retry(
+        self,
+        error: str,
+        retry_after_s: float | None,
+        config: DeliveryConfig,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        if self.attempts >= config.max_attempts:
+            return self._fail(f"gave up after {self.attempts} attempts: {error}", bound)
+        self.error = error
+        self.result = DeliveryResult(Outcome.RETRY, retry_after_s=retry_after_s, error=error)
+        bound.warning("delivery.attempt", outcome="retry", attempt=self.attempts, error=error)
         return None
 
     def _fail(self, error: str, bound: structlog.typing.FilteringBoundLogger) -> None:

@@ -91,13 +91,14 @@ async def run_batch(
 class RefusingChannel:
     """Refuses one recipient for now (SMTP 4xx), accepts the others."""
 
-    def __init__(self, refused: str) -> None:
+    def __init__(self, refused: str, error: Exception | None = None) -> None:
         self.refused: str | None = refused
+        self.error = error or TransientDeliveryError("SMTP 452 mailbox busy", retry_after_s=2.0)
         self.sent: list[str] = []
 
     async def send(self, notice: Notice) -> None:
         if notice.recipient == self.refused:
-            raise TransientDeliveryError("SMTP 452 mailbox busy", retry_after_s=2.0)
+            raise self.error
         self.sent.append(notice.recipient)
 
 
@@ -250,3 +251,21 @@ async def test_a_duplicate_batch_running_at_the_same_time_sends_nothing(
     assert await first == [Outcome.SENT, Outcome.SENT]
     assert sorted(n.recipient for n in channel.sent) == sorted(TEAM)
     assert db.execute("SELECT count(*) FROM deliveries WHERE status = 'sent'").fetchone() == (2,)
+
+
+async def test_an_unexpected_error_in_one_send_does_not_resend_the_others(
+    sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
+) -> None:
+    channel = RefusingChannel(refused=TEAM[1], error=RuntimeError("bug in a channel"))
+    config = DeliveryConfig(team_emails=TEAM, sender="s@hd.test", channels={"email": channel})
+    ids = await plan(sessions, await new_ticket_event(sessions), config)
+
+    assert sorted(await run_batch(sessions, ids, config)) == sorted([Outcome.SENT, Outcome.RETRY])
+    rows = db.execute("SELECT recipient, status, last_error FROM deliveries").fetchall()
+    assert sorted(rows) == [
+        (TEAM[0], "sent", None),
+        (TEAM[1], "pending", "RuntimeError: bug in a channel"),
+    ]
+    channel.refused = None
+    await run_batch(sessions, ids, config)
+    assert sorted(channel.sent) == sorted(TEAM)
