@@ -1,8 +1,11 @@
 """Hands committed events to the workers (persist, then publish), off the request's critical path.
 
 Requests drop event ids here after their commit; one background task per API process sends them
-to the broker in batches and marks them published with one UPDATE per batch. If Redis is down,
-nothing fails: the events stay unpublished and the outbox sweep sends them when Redis is back.
+to the broker at once, and another marks what was sent as published, one UPDATE for everything
+sent in the last ``MARK_EVERY_S`` (marking is bookkeeping for the sweep, which waits seconds
+before it publishes an unmarked event: a transaction per event cost more than the create).
+If Redis is down, nothing fails: the events stay unpublished and the outbox sweep sends them
+when Redis is back.
 
 The broker's client is synchronous and the sends run on the event loop itself, not in a thread:
 a thread doing one Redis round trip per event must win the GIL back from the busy loop after
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from datetime import datetime
 
 import anyio
 import redis
@@ -26,12 +30,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.deps import EventPublisher
 from domain.ids import utcnow
-from domain.outbox import DISPATCH_ACTOR, EVENTS_QUEUE, mark_published
+from domain.outbox import DISPATCH_ACTOR, EVENTS_QUEUE, mark_each_published
 from domain.settings import Settings
 
 log = structlog.get_logger("api.publisher")
 
 BATCH = 100  # events sent per turn before requests get the loop back
+MARK_EVERY_S = 0.05
 BACKOFF_S = 5.0  # after a broker failure, leave publishing to the sweep for this long
 
 
@@ -42,6 +47,8 @@ class BrokerPublisher:
         self._pending: list[str] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._sent: list[tuple[str, datetime]] = []  # handed to the broker, not yet marked
+        self._marker: asyncio.Task[None] | None = None
         self._down_until = 0.0
 
     def publish_soon(self, event_ids: list[str]) -> None:
@@ -62,12 +69,20 @@ class BrokerPublisher:
     async def _publish(self, batch: Sequence[str]) -> None:
         if time.monotonic() < self._down_until:
             return  # the broker failed a moment ago; the sweep will publish these
-        sent = self._enqueue(batch)
-        if not sent:
-            return
+        sent_at = utcnow()
+        self._sent += [(event_id, sent_at) for event_id in self._enqueue(batch)]
+        if self._sent and (self._marker is None or self._marker.done()):
+            self._marker = asyncio.get_running_loop().create_task(self._mark_soon())
+
+    async def _mark_soon(self) -> None:
+        await asyncio.sleep(MARK_EVERY_S)
+        await self._mark()
+
+    async def _mark(self) -> None:
+        sent, self._sent = self._sent, []
         try:
             async with self.sessionmaker() as session:
-                await mark_published(session, sent, utcnow())
+                await mark_each_published(session, sent)
                 await session.commit()
         except Exception as exc:
             # Not marked means the sweep may publish them once more: a duplicate, never a loss.
@@ -97,13 +112,19 @@ class BrokerPublisher:
         return sent
 
     async def close(self) -> None:
-        """Publish what is queued (briefly), then stop; anything left is the sweep's."""
-        if self._pending:
-            batch, self._pending = self._pending, []
-            with anyio.move_on_after(5):
-                await self._publish(batch)
+        """Publish what is queued and mark it (briefly), then stop; anything left is the sweep's."""
         if self._task is not None:
             self._task.cancel()
+        with anyio.move_on_after(5):
+            if self._pending:
+                batch, self._pending = self._pending, []
+                await self._publish(batch)
+            if self._marker is not None:
+                await self._marker  # a short wait, then it marks what was sent
+            if self._sent:
+                await self._mark()
+        if self._marker is not None:
+            self._marker.cancel()
         self.broker.close()
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.models import TicketEvent
@@ -62,12 +62,25 @@ async def claim_events_to_publish(
     return (await session.scalars(query)).all()
 
 
+# Built once: the ORM's bulk UPDATE with an IN list cost the API more CPU per create than the
+# create itself (py-spy, bench.pipeline at 40 tickets/s). Each event keeps its own time.
+_MARK_PUBLISHED = text(
+    """
+    UPDATE ticket_events AS e
+    SET published_at = s.published_at, publish_count = e.publish_count + 1
+    FROM unnest(CAST(:ids AS varchar[]), CAST(:times AS timestamptz[])) AS s (id, published_at)
+    WHERE e.id = s.id AND e.completed_at IS NULL
+    """
+)
+
+
 async def mark_published(session: AsyncSession, event_ids: Sequence[str], now: datetime) -> None:
-    if not event_ids:
+    await mark_each_published(session, [(event_id, now) for event_id in event_ids])
+
+
+async def mark_each_published(session: AsyncSession, sent: Sequence[tuple[str, datetime]]) -> None:
+    """Record when each event was handed to the broker (completed events are left alone)."""
+    if not sent:
         return
-    await session.execute(
-        update(TicketEvent)
-        .where(TicketEvent.id.in_(event_ids), TicketEvent.completed_at.is_(None))
-        .values(published_at=now, publish_count=TicketEvent.publish_count + 1)
-        .execution_options(synchronize_session=False)
-    )
+    ids, times = zip(*sent, strict=True)
+    await session.execute(_MARK_PUBLISHED, {"ids": list(ids), "times": list(times)})
