@@ -307,6 +307,10 @@ def test_production_refuses_to_start_without_a_key(settings: Settings) -> None:
 def test_bad_key_configurations_are_refused(settings: Settings, public_pem: str) -> None:
     with pytest.raises(ConfigError, match="JWT_PUBLIC_KEY"):
         create_app(replace(settings, jwt_public_key="not a pem"))
+    # A PEM block that is not a key is refused at start-up, not with a 401 on every request.
+    garbled = "-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n"
+    with pytest.raises(ConfigError, match="not a public key"):
+        create_app(replace(settings, jwt_public_key=public_pem + garbled))
     with pytest.raises(ConfigError, match="JWT_ALGORITHMS"):
         create_app(replace(settings, jwt_algorithms=("RS256", "HS256")))
 
