@@ -75,8 +75,11 @@ class BrokerPublisher:
             self._marker = asyncio.get_running_loop().create_task(self._mark_soon())
 
     async def _mark_soon(self) -> None:
-        await asyncio.sleep(MARK_EVERY_S)
-        await self._mark()
+        # Until nothing is left: events sent while a mark was running are marked in the next
+        # round (a new marker is only started when this one has finished).
+        while self._sent:
+            await asyncio.sleep(MARK_EVERY_S)
+            await self._mark()
 
     async def _mark(self) -> None:
         sent, self._sent = self._sent, []

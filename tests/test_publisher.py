@@ -4,13 +4,19 @@ app stopped (otherwise the sweep would send it again)."""
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, cast
 
 import psycopg
 from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.app import create_app
-from domain.settings import load_settings
+from api.publisher import make_publisher
+from domain.db import make_engine, make_sessionmaker
+from domain.settings import Settings, load_settings
 from tests.conftest import TokenFactory, auth
 from tests.sinks import eventually
 
@@ -48,3 +54,44 @@ async def test_what_was_sent_just_before_shutdown_is_marked(
         await create(client, make_token("user-1"), 3)
     # The app has stopped: no waiting here.
     assert publication(db) == [(True, True, 1)] * 3
+
+
+class SlowCommits:
+    """A sessionmaker whose commits take 0.2 s (a slow database)."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self.sessionmaker = sessionmaker
+
+    @asynccontextmanager
+    async def __call__(self) -> AsyncIterator[AsyncSession]:
+        async with self.sessionmaker() as session:
+            commit = session.commit
+
+            async def slow_commit() -> None:
+                await asyncio.sleep(0.2)
+                await commit()
+
+            session.commit = slow_commit  # type: ignore[method-assign]
+            yield session
+
+
+async def test_events_sent_while_a_mark_is_in_flight_are_marked_too(
+    client: AsyncTestClient[Any],
+    settings: Settings,
+    make_token: TokenFactory,
+    db: psycopg.Connection[Any],
+) -> None:
+    await create(client, make_token("user-1"), 2)  # recorded, not published
+    first, second = [row[0] for row in db.execute("SELECT id FROM ticket_events ORDER BY id")]
+    engine = make_engine(settings, pool_size=2)
+    publisher = make_publisher(settings, cast(Any, SlowCommits(make_sessionmaker(engine))))
+    try:
+        publisher.publish_soon([first])
+        await asyncio.sleep(0.1)  # the first is being marked now ...
+        publisher.publish_soon([second])  # ... when the second is sent
+        assert await eventually(lambda: publication(db) == [(True, True, 1)] * 2, within_s=3), (
+            publication(db)
+        )
+    finally:
+        await publisher.close()  # type: ignore[attr-defined]
+        await engine.dispose()
