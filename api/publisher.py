@@ -36,7 +36,7 @@ from domain.settings import Settings
 log = structlog.get_logger("api.publisher")
 
 BATCH = 100  # events sent per turn before requests get the loop back
-MARK_EVERY_S = 0.05
+MARK_EVERY_S = 0.05  # sent events are marked published together, once per this interval
 BACKOFF_S = 5.0  # after a broker failure, leave publishing to the sweep for this long
 
 

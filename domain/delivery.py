@@ -221,14 +221,6 @@ async def plan_deliveries(
     return DeliveryPlan(list(pending), event)
 
 
-async def deliver(
-    session: AsyncSession, delivery_id: str, config: DeliveryConfig, now: datetime
-) -> DeliveryResult:
-    """Send one ledger row's notification unless the ledger says it is done."""
-    (result,) = await deliver_batch(session, [delivery_id], config, now)
-    return result
-
-
 async def deliver_batch(
     session: AsyncSession, delivery_ids: Sequence[str], config: DeliveryConfig, now: datetime
 ) -> list[DeliveryResult]:

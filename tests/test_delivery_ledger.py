@@ -18,7 +18,6 @@ from domain.delivery import (
     Outcome,
     PermanentDeliveryError,
     TransientDeliveryError,
-    deliver,
     deliver_batch,
     plan_deliveries,
 )
@@ -119,10 +118,8 @@ class GatedChannel(RecordingChannel):
 async def run(
     sessions: async_sessionmaker[AsyncSession], delivery_id: str, config: DeliveryConfig
 ) -> Outcome:
-    async with sessions() as session:
-        result = await deliver(session, delivery_id, config, utcnow())
-        await session.commit()
-        return result.outcome
+    (outcome,) = await run_batch(sessions, [delivery_id], config)
+    return outcome
 
 
 async def test_planning_twice_and_delivering_twice_sends_once(

@@ -71,7 +71,7 @@ DELIVERY_BATCH = 25  # ledger rows per delivery message (an event's recipients, 
 )
 @retry_soon_if_database_down
 async def dispatch_event(event_id: str) -> None:
-    """Record who must hear of an event (ledger rows) and queue one delivery per recipient."""
+    """Record who must hear of an event (ledger rows) and queue their delivery in one message."""
     rt = runtime()
     async with rt.sessionmaker() as session:
         plan = await plan_deliveries(session, event_id, rt.delivery, rt.clock())
