@@ -19,9 +19,10 @@ install:
 	@$(UV) sync --frozen --quiet
 
 # APP_ENV defaults to development here (dev token key); set it, or put it in .env, to override.
+# PORT defaults to 8000 as documented: honcho would otherwise give the API its own default, 5000.
 run: install
 	APP_ENV=$${APP_ENV:-development} $(UV) run honcho run helpdesk migrate
-	APP_ENV=$${APP_ENV:-development} exec $(UV) run honcho start -f Procfile
+	APP_ENV=$${APP_ENV:-development} PORT=$${PORT:-8000} exec $(UV) run honcho start -f Procfile
 
 migrate: install
 	$(UV) run honcho run helpdesk migrate

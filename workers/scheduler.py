@@ -16,6 +16,7 @@ from types import FrameType
 import structlog
 from apscheduler.schedulers.blocking import BlockingScheduler
 
+from domain.logging import configure_logging
 from workers.actors import close_resolved_tickets_due, publish_outbox, sweep_sla_deadlines
 from workers.broker import settings
 
@@ -58,6 +59,7 @@ def build_scheduler() -> BlockingScheduler:
 
 
 def main() -> None:
+    configure_logging(settings)  # JSON lines like every other process (it logged console text)
     scheduler = build_scheduler()
 
     def stop(signum: int, frame: FrameType | None) -> None:
