@@ -227,10 +227,11 @@ async def deliver_batch(
     """Send the notifications of ledger rows still pending (one result per id, in order).
 
     The rows stay locked during the sends, so a duplicate message for the same rows waits or
-    skips them; the caller commits. The sends run concurrently: a worker killed in the middle
-    re-sends at most what was in flight, as with one row per message. One statement loads the
-    rows with their events, tickets and messages, one records every result, and the events
-    whose rows are all finished are marked completed.
+    skips them; the caller commits. The sends run concurrently, so the batch is settled about as
+    soon as its slowest send: a worker killed before the commit sends the batch again (the
+    ledger cannot know which of its emails the server took). One statement loads the rows with
+    their events, tickets and messages, one records every result, and the events whose rows
+    are all finished are marked completed.
     """
     loaded = (await session.execute(_LOAD_DELIVERIES, {"delivery_ids": list(delivery_ids)})).all()
     attempts: list[_Attempt] = []
@@ -249,7 +250,7 @@ async def deliver_batch(
             "ids": [a.id for a in attempts],
             "statuses": [a.status for a in attempts],
             "attempts": [a.attempts for a in attempts],
-            "errors": [a.error[:2000] if a.error else None for a in attempts],
+            "errors": [a.result.error[:2000] if a.result.error else None for a in attempts],
         },
     )
     finished_events = sorted({a.event_id for a in attempts if a.status != PENDING})
@@ -257,6 +258,9 @@ async def deliver_batch(
         await complete_event_if_done(session, event_id, now)
     results = {a.id: a.result for a in attempts}
     return [results.get(i, DeliveryResult(Outcome.SKIPPED)) for i in delivery_ids]
+
+
+_LEDGER_STATUS = {Outcome.SENT: SENT, Outcome.FAILED: FAILED}
 
 
 @dataclass
@@ -271,9 +275,12 @@ class _Attempt:
     event: TicketEvent | None
     ticket: Ticket | None
     message: Message | None
-    status: str = PENDING
-    error: str | None = None
     result: DeliveryResult = DeliveryResult(Outcome.SKIPPED)
+
+    @property
+    def status(self) -> str:
+        """The ledger status the result leaves the row in (a retry stays pending)."""
+        return _LEDGER_STATUS.get(self.result.outcome, PENDING)
 
     async def run(self, config: DeliveryConfig) -> None:
         bound = log.bind(
@@ -308,7 +315,6 @@ class _Attempt:
             # recorded as sent instead of the whole batch being sent again.
             bound.exception("delivery.unexpected_error")
             return self._retry(f"{type(exc).__name__}: {exc}", None, config, bound)
-        self.status = SENT
         self.result = DeliveryResult(Outcome.SENT)
         bound.info("delivery.attempt", outcome="sent", attempt=self.attempts)
         return None
@@ -322,13 +328,11 @@ class _Attempt:
     ) -> None:
         if self.attempts >= config.max_attempts:
             return self._fail(f"gave up after {self.attempts} attempts: {error}", bound)
-        self.error = error
         self.result = DeliveryResult(Outcome.RETRY, retry_after_s=retry_after_s, error=error)
         bound.warning("delivery.attempt", outcome="retry", attempt=self.attempts, error=error)
         return None
 
     def _fail(self, error: str, bound: structlog.typing.FilteringBoundLogger) -> None:
-        self.status, self.error = FAILED, error
         self.result = DeliveryResult(Outcome.FAILED, error=error)
         bound.error("delivery.attempt", outcome="failed", attempt=self.attempts, error=error)
 

@@ -72,7 +72,8 @@ def ignore_repeated_sigterm() -> None:
         now = time.monotonic()
         if first_at is not None and now - first_at < SIGTERM_REPEAT_WINDOW_S:
             return
-        first_at = first_at if first_at is not None else now
+        if first_at is None:
+            first_at = now
         dramatiq_handler(signum, frame)
 
     signal.signal(signal.SIGTERM, handler)

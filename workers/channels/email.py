@@ -25,8 +25,9 @@ from domain.delivery import PermanentDeliveryError, TransientDeliveryError
 from domain.notifications import Notice
 from domain.settings import Settings
 
-MAX_CONNECTIONS = 32  # open at once per worker process; more sends wait for one to be free
-MAX_IDLE_CONNECTIONS = MAX_CONNECTIONS
+# Open at once per worker process, idle ones included: a send holds one of these slots, and a
+# new connection is only opened when none is idle, so open connections never exceed the slots.
+MAX_CONNECTIONS = 32
 IDLE_TIMEOUT_S = 20.0  # below the idle timeouts of common SMTP servers (a minute or more)
 MAX_MESSAGES_PER_CONNECTION = 100  # some servers cap messages per connection
 
@@ -103,7 +104,7 @@ class SmtpChannel:
         self.envelope_from = parseaddr(settings.smtp_from)[1] or settings.smtp_from
         self._idle: list[_Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._slots: asyncio.Semaphore  # made for the event loop that first sends
 
     async def send(self, notice: Notice) -> None:
         message = build_email(notice, self.settings.smtp_from)
@@ -208,11 +209,7 @@ class SmtpChannel:
 
     async def _checkin(self, connection: _Connection) -> None:
         connection.sent += 1
-        if (
-            connection.sent >= MAX_MESSAGES_PER_CONNECTION
-            or len(self._idle) >= MAX_IDLE_CONNECTIONS
-            or not connection.client.is_connected
-        ):
+        if connection.sent >= MAX_MESSAGES_PER_CONNECTION or not connection.client.is_connected:
             await self._quit(connection)
             return
         connection.idle_since = asyncio.get_running_loop().time()
