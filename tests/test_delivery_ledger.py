@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -140,6 +141,37 @@ async def test_planning_twice_and_delivering_twice_sends_once(
     assert db.execute("SELECT completed_at IS NOT NULL FROM ticket_events").fetchone() == (True,)
     # Once completed, a late duplicate dispatch plans nothing.
     assert await plan(sessions, event_id, config) == []
+
+
+async def test_planning_marks_an_event_published_once(
+    sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
+) -> None:
+    """A worker can get an event before the publisher has marked it: planning marks it (so the
+    sweep does not publish it again), but never moves a mark the publisher already made."""
+    config = DeliveryConfig(
+        team_emails=TEAM, sender="s@hd.test", channels={"email": RecordingChannel()}
+    )
+    unmarked = await new_ticket_event(sessions)
+    marked = await new_ticket_event(sessions)
+    db.execute("UPDATE ticket_events SET published_at = '2000-01-01Z' WHERE id = %s", (marked,))
+
+    assert len(await plan(sessions, unmarked, config)) == 2
+    assert len(await plan(sessions, marked, config)) == 2
+    query = "SELECT published_at, completed_at FROM ticket_events WHERE id = %s"
+    (published, completed) = db.execute(query, (unmarked,)).fetchone() or ()
+    assert published is not None and completed is None
+    assert db.execute(query, (marked,)).fetchone() == (datetime(2000, 1, 1, tzinfo=UTC), None)
+    await plan(sessions, unmarked, config)  # a duplicate dispatch changes nothing
+    assert db.execute(query, (unmarked,)).fetchone() == (published, None)
+
+    # Completed at planning (nobody to tell): the publisher's mark stays too.
+    marked_and_done = await new_ticket_event(sessions)
+    db.execute(
+        "UPDATE ticket_events SET published_at = '2000-01-01Z' WHERE id = %s", (marked_and_done,)
+    )
+    assert await plan(sessions, marked_and_done, replace(config, team_emails=())) == []
+    (published, completed) = db.execute(query, (marked_and_done,)).fetchone() or ()
+    assert published == datetime(2000, 1, 1, tzinfo=UTC) and completed is not None
 
 
 async def test_transient_failures_are_retried_then_sent(
