@@ -7,7 +7,7 @@ Every actor is idempotent: messages may arrive twice (at-least-once delivery).
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ParamSpec
 
@@ -15,6 +15,7 @@ import dramatiq
 import structlog
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain import events
 from domain.delivery import Outcome, deliver_batch, plan_deliveries
@@ -100,15 +101,22 @@ async def _publish_new_events(event_ids: list[str]) -> None:
     if not event_ids:
         return
     rt = runtime()
+    async with rt.sessionmaker() as session:
+        await _dispatch_and_mark(session, event_ids)
+
+
+async def _dispatch_and_mark(session: AsyncSession, event_ids: Sequence[str]) -> list[str]:
+    """Queue a dispatch message per event, then mark published (and commit) what reached the
+    broker, also when the broker fails part way: the rest waits for the outbox sweep."""
     sent: list[str] = []
     try:
         for event_id in event_ids:
             dispatch_event.send(event_id)
             sent.append(event_id)
     finally:
-        async with rt.sessionmaker() as session:
-            await mark_published(session, sent, rt.clock())
-            await session.commit()
+        await mark_published(session, sent, runtime().clock())
+        await session.commit()
+    return sent
 
 
 @dramatiq.actor(
@@ -230,15 +238,7 @@ async def publish_outbox() -> None:
                 republish_after=timedelta(seconds=s.outbox_republish_after_s),
                 limit=OUTBOX_BATCH,
             )
-            sent: list[str] = []
-            try:
-                for event_id in ids:
-                    dispatch_event.send(event_id)
-                    sent.append(event_id)
-            finally:
-                # Whatever reached the broker is marked; the rest waits for the next sweep.
-                await mark_published(session, sent, rt.clock())
-                await session.commit()
+            sent = await _dispatch_and_mark(session, ids)
         total += len(sent)
         if len(ids) < OUTBOX_BATCH:
             break
