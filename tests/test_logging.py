@@ -16,6 +16,7 @@ from domain.delivery import DeliveryConfig, deliver_batch, plan_deliveries
 from domain.ids import utcnow
 from domain.settings import ConfigError, Settings, load_settings
 from tests.conftest import TokenFactory, auth
+from tests.processes import ServiceProcess, dramatiq_workers
 from workers.channels.recording import RecordingChannel
 
 URL = "/v1/support/tickets"
@@ -103,3 +104,21 @@ def test_an_unknown_log_level_is_refused_at_start_up() -> None:
     with pytest.raises(ConfigError, match="LOG_LEVEL must be one of"):
         load_settings({"LOG_LEVEL": "loud"})
     assert load_settings({"LOG_LEVEL": "warning"}).log_level == "WARNING"
+
+
+@pytest.mark.slow
+def test_a_worker_process_logs_json_lines_from_boot_to_shutdown(
+    service_env: dict[str, str], processes: list[ServiceProcess]
+) -> None:
+    """Log collectors parse every line of a worker process, Dramatiq's own included. (Dramatiq's
+    main process only supervises and runs none of our code: its few lines keep its format.)"""
+    pool = dramatiq_workers(service_env, ["events"], processes=1, threads=1)
+    processes.append(pool.start())
+    pool.stop()
+    lines = [line for line in pool.output().splitlines() if line.strip()]
+    worker_lines = [line for line in lines if "[dramatiq.MainProcess]" not in line]
+    assert len(worker_lines) < len(lines)  # the main process's lines were told apart
+    records = [json.loads(line) for line in worker_lines]  # fails on a line that is not JSON
+    events = [record["event"] for record in records]
+    assert any("Event loop is running" in event for event in events)
+    assert any("Worker has been shut down" in event for event in events)

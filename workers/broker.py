@@ -27,6 +27,17 @@ from domain.settings import Settings, load_settings
 from workers import runtime
 
 
+class LogFormat(Middleware):
+    """Our log format (JSON lines by default) in each worker process, set up before any other
+    middleware logs at boot: Dramatiq's own lines then come out as JSON like ours."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
+        configure_logging(self.settings)
+
+
 class WorkerRuntime(Middleware):
     """Builds the database engine and channels when a worker process boots, and closes them at
     shutdown: never at import, so importing actors (e.g. to send) opens no connections."""
@@ -36,7 +47,6 @@ class WorkerRuntime(Middleware):
 
     # Before boot, not after: the worker's threads start consuming before after_worker_boot.
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
-        configure_logging(self.settings)
         ignore_repeated_sigterm()
         runtime.start(self.settings)
 
@@ -88,6 +98,8 @@ def build_broker(settings: Settings) -> RedisBroker:
         health_check_interval=30,
     )
     middleware: list[Middleware] = [
+        # First, so that the other middleware's boot lines are in our format too.
+        LogFormat(settings),
         # Drop messages older than their actor's max_age (stale periodic sweeps).
         AgeLimit(),
         # Kill an actor that runs past its time_limit; each actor sets its own.
