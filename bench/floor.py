@@ -30,16 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.pipeline import (
-    CLK_TCK,
-    DEFAULT_DATABASE_URL,
-    HOST,
-    RESULTS_DIR,
-    Service,
-    git_state,
-    start_redis,
-    start_sink,
-)
+from bench.common import CLK_TCK, HOST, RESULTS_DIR, Service, git_state
+from bench.pipeline import DEFAULT_DATABASE_URL, start_redis, start_sink
 
 FLOOR_QUEUE = "floor"
 

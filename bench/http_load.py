@@ -36,16 +36,23 @@ from typing import Any
 import psycopg
 import redis
 
-BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
-RESULTS_DIR = BENCH_DIR / "results"
+from bench.common import (
+    BENCH_DIR,
+    CLK_TCK,
+    HOST,
+    RESULTS_DIR,
+    ROOT,
+    git_state,
+    machine_cpu,
+    wait_for_quiet,
+)
+
 WRK_SCRIPT = BENCH_DIR / "wrk_request.lua"
 PGBENCH_SCRIPTS = {
     "create": BENCH_DIR / "pgbench_create.sql",
     "list": BENCH_DIR / "pgbench_list.sql",
 }
 
-HOST = "127.0.0.1"
 DEFAULT_DATABASE_URL = "postgresql://root@127.0.0.1:5432/helpdesk_bench"
 # The server hands every new ticket's event to the broker. No workers run during the benchmark,
 # so those messages pile up: they go to a Redis database of their own, emptied before and after.
@@ -65,7 +72,6 @@ TICKET = {
     "category": "billing",
     "priority": "high",
 }
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- processes and CPU accounting --------------------------------------------------------------
@@ -102,23 +108,6 @@ def _descendants(table: dict[int, tuple[int, str, float]], root: int) -> set[int
                 found.add(pid)
                 changed = True
     return found
-
-
-def _machine_cpu() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot."""
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    total = sum(values[:8])
-    return (total - values[3] - values[4]) / CLK_TCK, total / CLK_TCK
-
-
-def machine_busy_pct(seconds: float = 1.0) -> float:
-    """How busy the machine is, in percent of one core, over ``seconds``."""
-    busy0, total0 = _machine_cpu()
-    time.sleep(seconds)
-    busy1, total1 = _machine_cpu()
-    cores = os.cpu_count() or 1
-    return 100 * cores * (busy1 - busy0) / (total1 - total0) if total1 > total0 else 0.0
 
 
 class CpuMonitor(threading.Thread):
@@ -180,7 +169,7 @@ class CpuMonitor(threading.Thread):
         return self._ours[pid]
 
     def start(self) -> None:
-        self._machine0 = _machine_cpu()
+        self._machine0 = machine_cpu()
         self._start_at = time.monotonic()
         self._sample(first=True)
         super().start()
@@ -193,7 +182,7 @@ class CpuMonitor(threading.Thread):
         self._stop_event.set()
         self.join()
         self._sample(first=False)
-        self._machine1 = _machine_cpu()
+        self._machine1 = machine_cpu()
         self._end_at = time.monotonic()
         wall = self._end_at - self._start_at
         used = {"server": 0.0, "postgres": 0.0, "loadgen": 0.0}
@@ -235,16 +224,6 @@ def cpu_cost(seconds: dict[str, float], count: int) -> dict[str, float]:
     cost["total_ms"] = round(1000 * total, 3)
     cost["cpu_bound_rate"] = round((os.cpu_count() or 1) / total, 1) if total else 0.0
     return cost
-
-
-def wait_for_quiet(limit_pct: float, timeout: float) -> float:
-    """Wait (up to ``timeout`` s) until other work on the machine uses under ``limit_pct``% of
-    one core; returns the last reading. The benchmark shares the machine with whatever runs."""
-    deadline = time.monotonic() + timeout
-    busy = machine_busy_pct()
-    while busy > limit_pct and time.monotonic() < deadline:
-        busy = machine_busy_pct()
-    return round(busy, 1)
 
 
 # -- the database ------------------------------------------------------------------------------
@@ -689,15 +668,6 @@ def measure_pgbench(args: argparse.Namespace, scenario: str) -> dict[str, Any]:
         return result
 
     return least_disturbed(args, run_once)
-
-
-def git_state() -> dict[str, Any]:
-    def git(*argv: str) -> str:
-        return subprocess.run(
-            ["git", *argv], cwd=ROOT, capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
 
 
 def log_problems(path: Path) -> dict[str, int]:

@@ -28,89 +28,46 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
-RESULTS_DIR = BENCH_DIR / "results"
-PROCFILE = ROOT / "Procfile"
+from bench.common import (
+    CLK_TCK,
+    HOST,
+    RESULTS_DIR,
+    ROOT,
+    Service,
+    empty_database,
+    free_port,
+    machine_cpu,
+    procfile_commands,
+    summary_ms,
+    wait_for_quiet,
+)
 
-HOST = "127.0.0.1"
 DEFAULT_DATABASE_URL = "postgresql://root@127.0.0.1:5432/helpdesk_bench_timers"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/9"
-TABLES = ("deliveries", "ticket_events", "messages", "tickets", "staff")
 SLA_POOLS = ("events", "notifications", "sla", "maintenance", "scheduler")
 CLOSE_POOLS = ("events", "maintenance")
 CREATORS = 4  # tickets being created at once (the SLA run)
 NOT_DUE = 1000  # resolved too recently to close: must stay resolved
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 # -- small helpers -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-def percentile(sorted_values: list[float], pct: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(0, min(len(sorted_values) - 1, -(-len(sorted_values) * pct // 100) - 1))
-    return sorted_values[int(rank)]
-
-
-def summary_ms(values_s: list[float]) -> dict[str, float]:
-    ordered = sorted(v * 1000 for v in values_s)
-    if not ordered:
-        return {"count": 0}
-    return {
-        "count": len(ordered),
-        "min_ms": round(ordered[0], 1),
-        "p50_ms": round(percentile(ordered, 50), 1),
-        "p90_ms": round(percentile(ordered, 90), 1),
-        "p99_ms": round(percentile(ordered, 99), 1),
-        "max_ms": round(ordered[-1], 1),
-        "mean_ms": round(sum(ordered) / len(ordered), 1),
-    }
-
-
-def _machine_cpu() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot."""
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    total = sum(values[:8])
-    return (total - values[3] - values[4]) / CLK_TCK, total / CLK_TCK
-
-
-def machine_busy_pct(seconds: float = 1.0) -> float:
-    """How busy the machine is, in percent of one core, over ``seconds``."""
-    busy0, total0 = _machine_cpu()
-    time.sleep(seconds)
-    busy1, total1 = _machine_cpu()
-    cores = os.cpu_count() or 1
-    return round(100 * cores * (busy1 - busy0) / (total1 - total0), 1) if total1 > total0 else 0.0
 
 
 def _proc_table() -> dict[int, tuple[int, float]]:
@@ -225,7 +182,7 @@ class Monitor(threading.Thread):
                     self.hwm_start_kb[pid] = mem["VmHWM"]
 
     def start(self) -> None:
-        self._machine0 = _machine_cpu()
+        self._machine0 = machine_cpu()
         self._t0 = time.monotonic()
         self._sample(first=True, with_pg=True)
         super().start()
@@ -251,7 +208,7 @@ class Monitor(threading.Thread):
     def _report(self) -> dict[str, Any]:
         wall = time.monotonic() - self._t0
         busy0, total0 = self._machine0
-        busy1, total1 = _machine_cpu()
+        busy1, total1 = machine_cpu()
         cores = os.cpu_count() or 1
         busy = cores * (busy1 - busy0) / (total1 - total0) * wall if total1 > total0 else 0.0
         used: dict[str, float] = {}
@@ -291,15 +248,6 @@ def connect(database_url: str, attempts: int = 60) -> psycopg.Connection[Any]:
     raise AssertionError("unreachable")
 
 
-def wait_for_quiet(limit_pct: float, timeout: float) -> float:
-    """Wait (up to ``timeout`` s) until the machine is busy under ``limit_pct``% of one core."""
-    deadline = time.monotonic() + timeout
-    busy = machine_busy_pct()
-    while busy > limit_pct and time.monotonic() < deadline:
-        busy = machine_busy_pct()
-    return busy
-
-
 def dbname_of(database_url: str) -> str:
     return str(psycopg.conninfo.conninfo_to_dict(database_url).get("dbname", ""))
 
@@ -315,13 +263,6 @@ def prepare_database(database_url: str) -> None:
     empty_database(database_url)
 
 
-def empty_database(database_url: str) -> None:
-    with connect(database_url) as conn:
-        conn.execute(f"TRUNCATE {', '.join(TABLES)}")
-        conn.execute("VACUUM ANALYZE")
-        conn.execute("CHECKPOINT")
-
-
 def prepare_redis(redis_url: str) -> None:
     import redis
 
@@ -334,80 +275,6 @@ def prepare_redis(redis_url: str) -> None:
 
 
 # -- processes ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Service:
-    """A child process in its own session; stopped by its process group (its own children)."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    ready_text: str | None = None
-    ready_count: int = 1
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Service:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                self.argv,
-                cwd=ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        return self
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        if self.ready_text is None:
-            return
-        deadline = time.monotonic() + timeout
-        while self.output().count(self.ready_text) < self.ready_count:
-            assert self.process is not None
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"{self.name} did not start; see {self.log_path}")
-            time.sleep(0.05)
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        # SIGTERM to the service's own process only: it stops its children itself.
-        try:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # anything of its own left behind
-
-
-def procfile_commands(env: dict[str, str]) -> dict[str, str]:
-    """The Procfile's process types with ``${VAR:-default}`` expanded as the shell would."""
-
-    def expand(match: re.Match[str]) -> str:
-        return env.get(match.group(1)) or match.group(2)
-
-    commands: dict[str, str] = {}
-    for line in PROCFILE.read_text().splitlines():
-        if not line.strip() or line.lstrip().startswith("#") or ":" not in line:
-            continue
-        name, command = line.split(":", 1)
-        commands[name.strip()] = re.sub(r"\$\{(\w+):-([^}]*)\}", expand, command.strip())
-    return commands
 
 
 def split_assignments(command: str) -> tuple[dict[str, str], list[str]]:
@@ -467,7 +334,7 @@ def start_services(
     }
     try:
         for service in started.values():
-            service.wait_ready()
+            service.wait_ready(90)
         time.sleep(0.5)
         for service in started.values():
             assert service.process is not None
