@@ -204,7 +204,7 @@ def count(
 
 def ledger_note(url: str) -> str:
     with psycopg.connect(url) as conn:
-        rows = dict(
+        rows: dict[str, int] = dict(
             conn.execute("SELECT status, count(*) FROM deliveries GROUP BY status").fetchall()
         )
     return f"delivery ledger at the end of the run: {rows}"
