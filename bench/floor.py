@@ -84,7 +84,8 @@ def measure_smtp(emails: int, log_dir: Path) -> dict[str, Any]:
             return wall, client_cpu, cpu_s(sink.pid) - sink_before
 
         wall, client_cpu, sink_cpu = asyncio.run(send_all())
-        reader.wait_for(emails + MAX_CONNECTIONS, timeout=30)
+        if not reader.wait_for(emails + MAX_CONNECTIONS, timeout=30):
+            raise SystemExit(f"the sink got {reader.poll()} of {emails + MAX_CONNECTIONS} emails")
         return {
             "emails": emails,
             "per_s": emails / wall,
@@ -121,7 +122,10 @@ def measure_dramatiq(messages: int, log_dir: Path) -> dict[str, Any]:
         started = time.perf_counter()
         for i in range(messages):
             floor_actor.nothing.send(i)
+        deadline = started + 120
         while int(client.get(floor_actor.DONE_KEY) or 0) < messages:
+            if time.perf_counter() > deadline:
+                raise SystemExit(f"the worker did not finish; see {worker.log_path}")
             time.sleep(0.02)
         wall = time.perf_counter() - started
         return {
