@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from bench.common import (
     HOST,
     RESULTS_DIR,
     ROOT,
+    Service,
     git_state,
     machine_cpu,
     wait_for_quiet,
@@ -327,7 +328,7 @@ def port_is_free(port: int) -> bool:
 
 @dataclass
 class Server:
-    """``helpdesk serve`` in its own session; stopped by its pid (and that session, if stuck)."""
+    """``helpdesk serve`` as a child service, ready once it answers /readyz."""
 
     port: int
     database_url: str
@@ -335,14 +336,13 @@ class Server:
     workers: int | None
     extra_env: dict[str, str]
     log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    service: Service | None = None
 
     def start(self) -> None:
         if not port_is_free(self.port):
             raise SystemExit(f"port {self.port} on {HOST} is in use; pick another with --port")
         bin_dir = str(Path(sys.executable).parent)  # so `granian` is found on PATH
-        self.env = {
+        env = {
             **os.environ,
             "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
             "APP_ENV": "development",
@@ -356,16 +356,7 @@ class Server:
         argv = [sys.executable, "-m", "api.cli", "serve", "--host", HOST]
         if self.workers:
             argv += ["--workers", str(self.workers)]
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.service = Service("api", argv, env, self.log_path).start()
         try:
             self._wait_ready()
         except BaseException:
@@ -376,8 +367,8 @@ class Server:
         deadline = time.monotonic() + timeout
         url = f"http://{HOST}:{self.port}/readyz"
         while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
+            assert self.service is not None and self.service.process is not None
+            if self.service.process.poll() is not None:
                 raise SystemExit(f"the server exited early; see {self.log_path}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as response:
@@ -390,17 +381,11 @@ class Server:
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process else None
+        return self.service.pid if self.service else None
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)  # its own session, started above
-            self.process.wait(timeout=10)
+        if self.service is not None:
+            self.service.stop()
 
 
 @contextmanager
