@@ -5,6 +5,7 @@ back to the write that caused it (event, ticket, channel, outcome, request id)."
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -14,9 +15,11 @@ from litestar.testing import AsyncTestClient
 from domain.db import make_engine, make_sessionmaker
 from domain.delivery import DeliveryConfig, deliver_batch, plan_deliveries
 from domain.ids import utcnow
+from domain.logging import configure_logging
 from domain.settings import ConfigError, Settings, load_settings
 from tests.conftest import TokenFactory, auth
 from tests.processes import ServiceProcess, dramatiq_workers
+from workers.channels import configured_channels
 from workers.channels.recording import RecordingChannel
 
 URL = "/v1/support/tickets"
@@ -122,3 +125,19 @@ def test_a_worker_process_logs_json_lines_from_boot_to_shutdown(
     events = [record["event"] for record in records]
     assert any("Event loop is running" in event for event in events)
     assert any("Worker has been shut down" in event for event in events)
+
+
+def test_a_channel_left_unconfigured_is_said_once_at_start_up(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Email configured, Slack not: Slack is skipped quietly, with one line at start-up that
+    says why (who reads the logs learns it once, not per notification)."""
+    configure_logging(settings)
+    channels = configured_channels(replace(settings, smtp_host="mail.test"))
+    assert set(channels) == {"email"}
+    disabled = [
+        line for line in json_lines(capsys.readouterr().err) if line["event"] == "channel.disabled"
+    ]
+    assert [(line["channel"], line["reason"]) for line in disabled] == [
+        ("slack", "SLACK_WEBHOOK_URL is not set")
+    ]
