@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -14,11 +14,13 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api.auth import TokenVerifier
-from api.deps import EventPublisher, provide_admin, provide_caller, provide_service, provide_session
+from api.deps import EventPublisher, provide_caller, provide_service, provide_session
 from api.errors import EXCEPTION_HANDLERS
+from api.guards import authenticate, within_rate_limit
 from api.publisher import make_publisher
 from api.rate_limit import UserRateLimiter
 from api.request_log import request_log_middleware
+from api.request_scope import request_resources_middleware
 from api.routes.admin_tickets import AdminTicketController
 from api.routes.health import healthz, readyz
 from api.routes.user_tickets import UserTicketController
@@ -58,16 +60,23 @@ def create_app(
                 await close()
             await app.state.engine.dispose()
 
+    # Every ticket route: the token is verified, then the caller's rate limit counted, before
+    # the body is read or a connection taken (the admin controller adds its own admin guard).
+    ticket_api = Router(
+        path="/",
+        route_handlers=[UserTicketController, AdminTicketController],
+        guards=[authenticate, within_rate_limit],
+    )
     return Litestar(
-        route_handlers=[UserTicketController, AdminTicketController, healthz, readyz],
+        route_handlers=[ticket_api, healthz, readyz],
         dependencies={
-            "caller": Provide(provide_caller),
-            "admin": Provide(provide_admin),
+            "caller": Provide(provide_caller, sync_to_thread=False),
             "session": Provide(provide_session),
             "service": Provide(provide_service, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[request_log_middleware],
+        # Outermost first: the access line covers everything; resources are released inside it.
+        middleware=[request_log_middleware, request_resources_middleware],
         lifespan=[lifespan],
         state=State(_initial_state(settings, verifier, policy)),
         request_max_body_size=settings.max_body_bytes,

@@ -1,23 +1,25 @@
-"""Request dependencies: the caller (from the bearer token), a database session, the service."""
+"""Request dependencies: the caller, a database session, the service.
+
+None of them is a generator: a resource a request takes is entered into the request's own
+exit stack (api/request_scope.py), which is closed whatever refuses or ends the request.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
 from litestar import Request
 from litestar.datastructures import State
 from litestar.di import NamedDependency
-from litestar.exceptions import PermissionDeniedException
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from api.auth import TokenVerifier, bearer_token
-from api.rate_limit import UserRateLimiter
+from api.guards import authenticated_caller
+from api.request_scope import request_resources
 from domain.db import ConnectionGate
 from domain.events import take_pending_event_ids
 from domain.tickets import Caller, TicketService
 
-# Handlers name their dependencies explicitly (caller/admin/session/service) with these types.
+# Handlers name their dependencies explicitly (caller/session/service) with these types.
 CallerDep = NamedDependency[Caller]
 SessionDep = NamedDependency[AsyncSession]
 ServiceDep = NamedDependency[TicketService]
@@ -36,26 +38,18 @@ class NoPublisher:
         return None
 
 
-async def provide_caller(request: Request[Any, Any, Any]) -> Caller:
+def provide_caller(request: Request[Any, Any, Any]) -> Caller:
+    return authenticated_caller(request)
+
+
+async def provide_session(request: Request[Any, Any, Any]) -> AsyncSession:
+    """A session behind a connection-gate slot; both go back when the request answers."""
     state = request.app.state
-    verifier: TokenVerifier = state.verifier
-    caller = verifier.verify(bearer_token(request.headers.get("authorization")))
-    limiter: UserRateLimiter | None = state.rate_limiter
-    if limiter is not None:
-        await limiter.check(caller.user_id)
-    return caller
-
-
-async def provide_admin(caller: CallerDep) -> Caller:
-    if not caller.is_admin:
-        raise PermissionDeniedException("this endpoint is for the support team (admin role)")
-    return caller
-
-
-async def provide_session(state: State) -> AsyncGenerator[AsyncSession, None]:
     gate: ConnectionGate = state.connection_gate
-    async with gate.slot(), state.sessionmaker() as session:
-        yield session
+    resources = request_resources(request.scope)
+    await resources.enter(gate.slot())
+    session: AsyncSession = await resources.enter(state.sessionmaker())
+    return session
 
 
 def provide_service(state: State) -> TicketService:

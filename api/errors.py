@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.auth import InvalidToken
+from api.request_log import note_refusal_reason
 from api.schemas import ErrorBody, ErrorDetail, ErrorResponse
 from domain.errors import Conflict, NotFound
 
@@ -107,9 +108,9 @@ def on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any
     return error_response(exc.status_code, code, message, headers=headers or None)
 
 
-def on_invalid_token(_: Request[Any, Any, Any], exc: InvalidToken) -> Response[Any]:
-    # The reason stays in the server log; the client learns only that the token was refused.
-    log.info("auth.rejected", reason=str(exc))
+def on_invalid_token(request: Request[Any, Any, Any], exc: InvalidToken) -> Response[Any]:
+    # The reason goes on the access line; the client learns only that the token was refused.
+    note_refusal_reason(request.scope, f"token: {exc}")
     return error_response(
         HTTP_401_UNAUTHORIZED,
         "unauthorized",

@@ -1,10 +1,13 @@
 """Per-request id and access log: one line per request with method, path, status and duration.
 
-Pure ASGI so it costs little on the hot path. Tokens and bodies are never logged.
+Pure ASGI so it costs little on the hot path. Tokens and bodies are never logged. A refused
+request is this one line and nothing else: info for a 4xx (with the reason, when a handler
+noted one), warning for 429 (someone is over their limit), error only for a 5xx.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 
@@ -15,6 +18,18 @@ from domain.ids import new_id
 
 log = structlog.get_logger("api.access")
 _SAFE_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,64}$")
+_REASON_KEY = "helpdesk.refusal_reason"
+
+
+def note_refusal_reason(scope: Scope, reason: str) -> None:
+    """Add why a request was refused to its access line (for example why a token was refused)."""
+    scope.setdefault("state", {})[_REASON_KEY] = reason[:200]  # type: ignore[typeddict-item]
+
+
+def _level(status: int) -> int:
+    if status >= 500:
+        return logging.ERROR
+    return logging.WARNING if status == 429 else logging.INFO
 
 
 def request_log_middleware(app: ASGIApp) -> ASGIApp:
@@ -45,13 +60,16 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, send_with_id)
         finally:
-            log.info(
-                "request",
-                method=scope.get("method", ""),
-                path=scope["path"],
-                status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
-            )
+            fields: dict[str, object] = {
+                "method": scope.get("method", ""),
+                "path": scope["path"][:256],
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            }
+            reason = scope.get("state", {}).get(_REASON_KEY)
+            if reason:
+                fields["reason"] = reason
+            log.log(_level(status), "request", **fields)
             structlog.contextvars.unbind_contextvars("request_id")
 
     return middleware

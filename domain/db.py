@@ -63,14 +63,20 @@ class ConnectionGate:
         self._slots = asyncio.Semaphore(self.slots)
         self.timeout_s = timeout_s
 
+    @property
+    def free(self) -> int:
+        """Slots no request holds right now (what a wedged process runs out of)."""
+        return self._slots._value
+
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, *, timeout_s: float | None = None) -> AsyncIterator[None]:
+        wait_s = self.timeout_s if timeout_s is None else timeout_s
         try:
-            async with asyncio.timeout(self.timeout_s):
+            async with asyncio.timeout(wait_s):
                 await self._slots.acquire()
         except TimeoutError as exc:
             # The same error as the pool's own timeout: the API answers 503 with Retry-After.
-            raise PoolTimeout(f"no database connection free within {self.timeout_s} s") from exc
+            raise PoolTimeout(f"no database connection free within {wait_s} s") from exc
         try:
             yield
         finally:

@@ -10,6 +10,7 @@ from litestar.status_codes import HTTP_201_CREATED
 
 from api import responses
 from api.deps import CallerDep, ServiceDep, SessionDep, commit
+from api.guards import admin_only
 from api.routes.params import PageNumber, PerPage, TicketId, capped
 from api.schemas import (
     AdminTicketList,
@@ -28,12 +29,13 @@ from domain.tickets import UNSET, TicketChanges
 class AdminTicketController(Controller):
     path = "/v1/admin/support/tickets"
     tags = ["admin"]
+    guards = [admin_only]
     security = [{"BearerToken": []}]
 
     @get("/", responses=responses.admin(responses.READ), summary="All tickets, newest first")
     async def list_tickets(
         self,
-        admin: CallerDep,
+        caller: CallerDep,
         session: SessionDep,
         service: ServiceDep,
         page: PageNumber = 1,
@@ -54,7 +56,7 @@ class AdminTicketController(Controller):
 
     @get("/{ticket_id:str}", responses=responses.admin(responses.READ_ONE), summary="One ticket")
     async def get_ticket(
-        self, ticket_id: TicketId, admin: CallerDep, session: SessionDep, service: ServiceDep
+        self, ticket_id: TicketId, caller: CallerDep, session: SessionDep, service: ServiceDep
     ) -> AdminTicketOut:
         view = await service.get(session, ticket_id)
         return admin_ticket_out(view.ticket, view.messages)
@@ -68,7 +70,7 @@ class AdminTicketController(Controller):
         self,
         ticket_id: TicketId,
         data: JSONBody[UpdateTicket],
-        admin: CallerDep,
+        caller: CallerDep,
         session: SessionDep,
         service: ServiceDep,
         state: State,
@@ -78,7 +80,7 @@ class AdminTicketController(Controller):
             priority=data.priority,
             assignee_id=UNSET if data.assignee_id is msgspec.UNSET else data.assignee_id,
         )
-        view = await service.update_as_admin(session, ticket_id, admin, change)
+        view = await service.update_as_admin(session, ticket_id, caller, change)
         await commit(session, state)
         return admin_ticket_out(view.ticket, view.messages)
 
@@ -92,11 +94,11 @@ class AdminTicketController(Controller):
         self,
         ticket_id: TicketId,
         data: JSONBody[CreateMessage],
-        admin: CallerDep,
+        caller: CallerDep,
         session: SessionDep,
         service: ServiceDep,
         state: State,
     ) -> MessageOut:
-        message = await service.reply_as_admin(session, ticket_id, admin, body=data.body)
+        message = await service.reply_as_admin(session, ticket_id, caller, body=data.body)
         await commit(session, state)
         return message_out(message)

@@ -1,0 +1,53 @@
+"""Who may call a route, decided before the request reads its body or takes a connection.
+
+Litestar runs guards in layer order (app, router, controller, handler) before it resolves any
+dependency, so a refused request (401, 429, 403) never holds a database slot. The app factory
+puts :func:`authenticate` and :func:`within_rate_limit` on the API router; the admin
+controller adds :func:`admin_only`. Handlers then read the caller with ``CallerDep``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import PermissionDeniedException
+from litestar.handlers import BaseRouteHandler
+
+from api.auth import TokenVerifier, bearer_token
+from api.rate_limit import UserRateLimiter
+from domain.tickets import Caller
+
+_CALLER_KEY = "helpdesk.caller"
+Connection = ASGIConnection[Any, Any, Any, Any]
+
+
+async def authenticate(connection: Connection, _: BaseRouteHandler) -> None:
+    """Verify the bearer token (401 otherwise) and remember who is calling."""
+    verifier: TokenVerifier = connection.app.state.verifier
+    caller = verifier.verify(bearer_token(connection.headers.get("authorization")))
+    connection.scope["state"][_CALLER_KEY] = caller  # type: ignore[typeddict-item]
+
+
+async def within_rate_limit(connection: Connection, _: BaseRouteHandler) -> None:
+    """Count the request against its caller's limit (429 with Retry-After when over it)."""
+    limiter: UserRateLimiter | None = connection.app.state.rate_limiter
+    if limiter is not None:
+        await limiter.check(authenticated_caller(connection).user_id)
+
+
+async def admin_only(connection: Connection, _: BaseRouteHandler) -> None:
+    if not authenticated_caller(connection).is_admin:
+        raise PermissionDeniedException("this endpoint is for the support team (admin role)")
+
+
+def authenticated_caller(connection: Connection) -> Caller:
+    """The caller :func:`authenticate` verified for this request."""
+    try:
+        caller: Caller = connection.scope["state"][_CALLER_KEY]  # type: ignore[typeddict-item]
+    except KeyError:
+        raise RuntimeError(
+            "This route has no caller: it is not behind the authenticate guard. "
+            "Did you add it outside the API router in api/app.py?"
+        ) from None
+    return caller
