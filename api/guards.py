@@ -26,7 +26,7 @@ async def authenticate(connection: Connection, _: BaseRouteHandler) -> None:
     """Verify the bearer token (401 otherwise) and remember who is calling."""
     verifier: TokenVerifier = connection.app.state.verifier
     caller = verifier.verify(bearer_token(connection.headers.get("authorization")))
-    connection.scope["state"][_CALLER_KEY] = caller  # type: ignore[typeddict-item]
+    connection.scope["state"][_CALLER_KEY] = caller
 
 
 async def within_rate_limit(connection: Connection, _: BaseRouteHandler) -> None:
@@ -44,7 +44,7 @@ async def admin_only(connection: Connection, _: BaseRouteHandler) -> None:
 def authenticated_caller(connection: Connection) -> Caller:
     """The caller :func:`authenticate` verified for this request."""
     try:
-        caller: Caller = connection.scope["state"][_CALLER_KEY]  # type: ignore[typeddict-item]
+        caller: Caller = connection.scope["state"][_CALLER_KEY]
     except KeyError:
         raise RuntimeError(
             "This route has no caller: it is not behind the authenticate guard. "

@@ -23,7 +23,7 @@ _REASON_KEY = "helpdesk.refusal_reason"
 
 def note_refusal_reason(scope: Scope, reason: str) -> None:
     """Add why a request was refused to its access line (for example why a token was refused)."""
-    scope.setdefault("state", {})[_REASON_KEY] = reason[:200]  # type: ignore[typeddict-item]
+    scope.setdefault("state", {})[_REASON_KEY] = reason[:200]
 
 
 def _level(status: int) -> int:

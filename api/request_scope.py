@@ -57,7 +57,7 @@ def request_resources_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         resources = RequestResources()
-        scope.setdefault("state", {})[_STATE_KEY] = resources  # type: ignore[typeddict-item]
+        scope.setdefault("state", {})[_STATE_KEY] = resources
 
         async def send_after_release(message: Message) -> None:
             # The answer is decided: give the connection back before a slow reader gets it.
