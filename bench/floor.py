@@ -46,26 +46,18 @@ def cpu_s(pid: int) -> float:
 
 
 def measure_smtp(emails: int, log_dir: Path) -> dict[str, Any]:
-    from domain.notifications import EMAIL, Notice
+    from domain.notifications import Notice
     from domain.settings import load_settings
+    from tests.notices import sample_notice
     from workers.channels.email import MAX_CONNECTIONS, SmtpChannel
 
     sink, reader, port = start_sink(log_dir, "floor")
     try:
         env = {**os.environ, "SMTP_HOST": HOST, "SMTP_PORT": str(port), "ADMIN_EMAILS": ""}
         channel = SmtpChannel(load_settings(env))
-        text = "New ticket\n\nTicket:    t\nSubject:   Payment not received\n" * 3
 
         def notice(i: int) -> Notice:
-            return Notice(
-                event_id=f"floor-{i}",
-                ticket_id="t",
-                channel=EMAIL,
-                recipient=f"agent{i % 4}@support.test",
-                subject="[New ticket] Payment not received (ticket t)",
-                text=text,
-                headers={"Message-ID": f"<floor-{i}@helpdesk.test>", "X-Helpdesk-Event": f"e{i}"},
-            )
+            return sample_notice(event_id=f"floor-{i}", recipient=f"agent{i % 4}@support.test")
 
         async def send_all() -> tuple[float, float, float]:
             slots = asyncio.Semaphore(MAX_CONNECTIONS)

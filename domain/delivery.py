@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.ids import new_id
 from domain.models import Delivery, Message, Staff, Ticket, TicketEvent
-from domain.notifications import Audience, Notice, Recipient, recipients_for, render
+from domain.notifications import Audience, Notice, Recipient, notice_for, recipients_for
 
 log = structlog.get_logger("domain.delivery")
 
@@ -45,7 +45,6 @@ class Channel(Protocol):
 @dataclass(frozen=True)
 class DeliveryConfig:
     team_emails: Sequence[str]
-    sender: str
     channels: Mapping[str, Channel]
     max_attempts: int = 20
 
@@ -295,12 +294,8 @@ class _Attempt:
         channel = config.channels.get(self.channel)
         if channel is None:
             return self._fail("channel is not configured", bound)
-        notice = render(
-            self.event,
-            self.ticket,
-            Recipient(self.channel, self.recipient),
-            message=self.message,
-            sender=config.sender,
+        notice = notice_for(
+            self.event, self.ticket, Recipient(self.channel, self.recipient), message=self.message
         )
         self.attempts += 1
         try:

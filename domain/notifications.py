@@ -1,17 +1,19 @@
-"""Who is told what about a ticket event, and what the email or Slack message says.
+"""Who is told what about a ticket event, and the plain notice each of them is handed.
 
-Pure functions over already-loaded rows, so the rules can be tested without any server.
+Pure functions over already-loaded rows, so the rules can be tested without any server. How a
+notice looks (an email's subject and body, a Slack message's blocks) is up to its channel, in
+``workers/channels``.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
 
 from domain import events
-from domain.ids import isoformat_z
+from domain.lifecycle import Category, Priority, Status
 from domain.models import Message, Ticket, TicketEvent
 
 EMAIL = "email"
@@ -33,20 +35,6 @@ class Audience:
 class Recipient:
     channel: str
     address: str
-
-
-@dataclass(frozen=True)
-class Notice:
-    """What to tell one recipient about one event."""
-
-    event_id: str
-    ticket_id: str
-    channel: str
-    recipient: str
-    subject: str
-    text: str
-    headers: dict[str, str] = field(default_factory=dict)
-    slack_payload: dict[str, Any] | None = None
 
 
 def _team(audience: Audience) -> list[Recipient]:
@@ -86,9 +74,9 @@ def recipients_for(event: TicketEvent, ticket: Ticket, audience: Audience) -> li
     elif event.type == events.TICKET_UPDATED:
         changes = payload.get("changes", {})
         new_status = changes.get("status", {}).get("new")
-        if new_status in ("resolved", "closed") and event.actor_id != ticket.user_id:
+        if new_status in (Status.RESOLVED, Status.CLOSED) and event.actor_id != ticket.user_id:
             found += _requester(ticket, audience)
-        if changes.get("priority", {}).get("new") == "urgent":
+        if changes.get("priority", {}).get("new") == Priority.URGENT:
             found += _team(audience)
     elif event.type == events.TICKET_CLOSED and event.actor_id != ticket.user_id:
         found = _requester(ticket, audience)
@@ -99,130 +87,91 @@ def recipients_for(event: TicketEvent, ticket: Ticket, audience: Audience) -> li
     return list(unique.values())
 
 
-def _headline(event: TicketEvent, ticket: Ticket) -> str:
+class NoticeKind(StrEnum):
+    """What happened, as the recipient is told it."""
+
+    NEW_TICKET = "new_ticket"
+    USER_REPLY = "user_reply"
+    SUPPORT_REPLY = "support_reply"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+    AUTO_CLOSED = "auto_closed"
+    ESCALATED = "escalated"  # priority raised to urgent
+    SLA_BREACHED = "sla_breached"
+    UPDATED = "updated"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The message an event is about."""
+
+    by_support: bool
+    written_at: datetime
+    body: str
+
+
+@dataclass(frozen=True)
+class Notice:
+    """What one recipient is told about one event: plain facts, in no channel's form yet."""
+
+    event_id: str
+    kind: NoticeKind
+    channel: str
+    recipient: str
+    ticket_id: str
+    subject: str  # the ticket's, as its requester wrote it
+    status: Status
+    priority: Priority
+    category: Category | None
+    requester: str  # user id
+    assignee: str | None
+    sla_due_at: datetime | None  # set for an SLA breach only
+    reply: Reply | None
+
+
+def _kind_of(event: TicketEvent) -> NoticeKind:
     payload = event.payload or {}
     if event.type == events.TICKET_CREATED:
-        return "New ticket"
+        return NoticeKind.NEW_TICKET
     if event.type == events.TICKET_SLA_BREACHED:
-        return "SLA breached: no admin response in time"
+        return NoticeKind.SLA_BREACHED
     if event.type == events.MESSAGE_CREATED:
-        return "New reply from support" if payload.get("is_admin") else "New reply from the user"
+        return NoticeKind.SUPPORT_REPLY if payload.get("is_admin") else NoticeKind.USER_REPLY
     if event.type == events.TICKET_CLOSED:
-        return "Ticket closed automatically" if payload.get("reason") == "auto" else "Ticket closed"
+        return NoticeKind.AUTO_CLOSED if payload.get("reason") == "auto" else NoticeKind.CLOSED
     if event.type == events.TICKET_UPDATED:
         changes = payload.get("changes", {})
         new_status = changes.get("status", {}).get("new")
-        if new_status == "resolved":
-            return "Ticket resolved"
-        if new_status == "closed":
-            return "Ticket closed"
-        if changes.get("priority", {}).get("new") == "urgent":
-            return "Ticket escalated to urgent"
-    return "Ticket updated"
+        if new_status == Status.RESOLVED:
+            return NoticeKind.RESOLVED
+        if new_status == Status.CLOSED:
+            return NoticeKind.CLOSED
+        if changes.get("priority", {}).get("new") == Priority.URGENT:
+            return NoticeKind.ESCALATED
+    return NoticeKind.UPDATED
 
 
-def _mail_domain(sender: str) -> str:
-    return sender.rpartition("@")[2].strip("> ") or "helpdesk.local"
-
-
-def render(
-    event: TicketEvent,
-    ticket: Ticket,
-    recipient: Recipient,
-    *,
-    message: Message | None,
-    sender: str,
+def notice_for(
+    event: TicketEvent, ticket: Ticket, recipient: Recipient, *, message: Message | None
 ) -> Notice:
-    """The email or Slack message for one recipient of one event."""
-    headline = _headline(event, ticket)
-    # Ticket subjects are user input: fold any line breaks so they cannot forge mail headers.
-    subject = f"[{headline}] {' '.join(ticket.subject.split())} (ticket {ticket.id})"
-    lines = [
-        headline,
-        "",
-        f"Ticket:    {ticket.id}",
-        f"Subject:   {ticket.subject}",
-        f"Status:    {ticket.status}",
-        f"Priority:  {ticket.priority}",
-        f"Category:  {ticket.category or '-'}",
-        f"Requester: {ticket.user_id}",
-    ]
-    if ticket.assignee_id:
-        lines.append(f"Assignee:  {ticket.assignee_id}")
-    if event.type == events.TICKET_SLA_BREACHED and ticket.sla_due_at:
-        lines.append(f"SLA due:   {isoformat_z(ticket.sla_due_at)}")
-    if message is not None:
-        author = "Support" if message.is_admin else ticket.user_id
-        lines += ["", f"{author} wrote at {isoformat_z(message.created_at)}:", "", message.body]
-    text = "\n".join(lines) + "\n"
-
-    if recipient.channel == SLACK:
-        return Notice(
-            event_id=event.id,
-            ticket_id=ticket.id,
-            channel=SLACK,
-            recipient=recipient.address,
-            subject=subject,
-            text=text,
-            slack_payload=_slack_payload(headline, ticket, message),
-        )
-    domain = _mail_domain(sender)
-    # Stable ids: a redelivered email has the same Message-ID, so mail systems can drop the copy;
-    # every email about a ticket refers to the same root, so clients thread them together.
-    digest = hashlib.sha256(recipient.address.lower().encode()).hexdigest()[:16]
-    thread_root = f"<ticket-{ticket.id}@{domain}>"
-    headers = {
-        "Message-ID": f"<{event.id}.{digest}@{domain}>",
-        "In-Reply-To": thread_root,
-        "References": thread_root,
-        "X-Helpdesk-Ticket": ticket.id,
-        "X-Helpdesk-Event": event.id,
-    }
+    """The notice for one recipient of one event (``message``: the one the event is about)."""
+    kind = _kind_of(event)
     return Notice(
         event_id=event.id,
-        ticket_id=ticket.id,
-        channel=EMAIL,
+        kind=kind,
+        channel=recipient.channel,
         recipient=recipient.address,
-        subject=subject,
-        text=text,
-        headers=headers,
+        ticket_id=ticket.id,
+        subject=ticket.subject,
+        status=Status(ticket.status),
+        priority=Priority(ticket.priority),
+        category=Category(ticket.category) if ticket.category else None,
+        requester=ticket.user_id,
+        assignee=ticket.assignee_id,
+        sla_due_at=ticket.sla_due_at if kind is NoticeKind.SLA_BREACHED else None,
+        reply=(
+            Reply(by_support=message.is_admin, written_at=message.created_at, body=message.body)
+            if message is not None
+            else None
+        ),
     )
-
-
-def _slack_payload(headline: str, ticket: Ticket, message: Message | None) -> dict[str, Any]:
-    fields = [
-        {"type": "mrkdwn", "text": f"*Priority:*\n{ticket.priority}"},
-        {"type": "mrkdwn", "text": f"*Category:*\n{ticket.category or '-'}"},
-        {"type": "mrkdwn", "text": f"*Requester:*\n{ticket.user_id}"},
-        {"type": "mrkdwn", "text": f"*Status:*\n{ticket.status}"},
-    ]
-    blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": headline[:150]}},
-        {
-            "type": "section",
-            "text": {"type": "mrkdwn", "text": f"*{_slack_escape(ticket.subject)}*"},
-        },
-        {"type": "section", "fields": fields},
-    ]
-    if message is not None:
-        blocks.append(
-            {
-                "type": "section",
-                "text": {"type": "mrkdwn", "text": _slack_escape(message.body[:2900])},
-            }
-        )
-    blocks.append(
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"Ticket {ticket.id}"}]}
-    )
-    return {
-        "text": f"{headline}: {ticket.subject} [{ticket.priority}] (ticket {ticket.id})",
-        "blocks": blocks,
-    }
-
-
-def _mrkdwn_section(text: str) -> dict[str, Any]:
-    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
-
-
-def _slack_escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

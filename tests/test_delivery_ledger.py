@@ -127,7 +127,7 @@ async def test_planning_twice_and_delivering_twice_sends_once(
     sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
 ) -> None:
     channel = RecordingChannel()
-    config = DeliveryConfig(team_emails=TEAM, sender="s@hd.test", channels={"email": channel})
+    config = DeliveryConfig(team_emails=TEAM, channels={"email": channel})
     event_id = await new_ticket_event(sessions)
 
     first = await plan(sessions, event_id, config)
@@ -148,9 +148,7 @@ async def test_planning_marks_an_event_published_once(
 ) -> None:
     """A worker can get an event before the publisher has marked it: planning marks it (so the
     sweep does not publish it again), but never moves a mark the publisher already made."""
-    config = DeliveryConfig(
-        team_emails=TEAM, sender="s@hd.test", channels={"email": RecordingChannel()}
-    )
+    config = DeliveryConfig(team_emails=TEAM, channels={"email": RecordingChannel()})
     unmarked = await new_ticket_event(sessions)
     marked = await new_ticket_event(sessions)
     db.execute("UPDATE ticket_events SET published_at = '2000-01-01Z' WHERE id = %s", (marked,))
@@ -178,7 +176,7 @@ async def test_transient_failures_are_retried_then_sent(
     sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
 ) -> None:
     channel = FlakyChannel(TransientDeliveryError("SMTP 451"), TransientDeliveryError("refused"))
-    config = DeliveryConfig(team_emails=TEAM[:1], sender="s@hd.test", channels={"email": channel})
+    config = DeliveryConfig(team_emails=TEAM[:1], channels={"email": channel})
     (delivery_id,) = await plan(sessions, await new_ticket_event(sessions), config)
 
     assert await run(sessions, delivery_id, config) is Outcome.RETRY
@@ -198,7 +196,7 @@ async def test_permanent_failure_is_recorded_and_never_retried(
     sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
 ) -> None:
     channel = FlakyChannel(PermanentDeliveryError("SMTP 550 no such user"))
-    config = DeliveryConfig(team_emails=TEAM[:1], sender="s@hd.test", channels={"email": channel})
+    config = DeliveryConfig(team_emails=TEAM[:1], channels={"email": channel})
     event_id = await new_ticket_event(sessions)
     (delivery_id,) = await plan(sessions, event_id, config)
 
@@ -215,9 +213,7 @@ async def test_transient_failures_give_up_after_max_attempts(
     sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
 ) -> None:
     channel = FlakyChannel(*[TransientDeliveryError("down")] * 5)
-    config = DeliveryConfig(
-        team_emails=TEAM[:1], sender="s@hd.test", channels={"email": channel}, max_attempts=3
-    )
+    config = DeliveryConfig(team_emails=TEAM[:1], channels={"email": channel}, max_attempts=3)
     (delivery_id,) = await plan(sessions, await new_ticket_event(sessions), config)
     outcomes = [await run(sessions, delivery_id, config) for _ in range(4)]
     assert outcomes == [Outcome.RETRY, Outcome.RETRY, Outcome.FAILED, Outcome.SKIPPED]
@@ -228,7 +224,7 @@ async def test_transient_failures_give_up_after_max_attempts(
 async def test_event_with_nobody_to_tell_completes_at_once(
     sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
 ) -> None:
-    config = DeliveryConfig(team_emails=(), sender="s@hd.test", channels={})
+    config = DeliveryConfig(team_emails=(), channels={})
     assert await plan(sessions, await new_ticket_event(sessions), config) == []
     assert db.execute("SELECT completed_at IS NOT NULL FROM ticket_events").fetchone() == (True,)
     assert db.execute("SELECT count(*) FROM deliveries").fetchone() == (0,)
@@ -238,7 +234,7 @@ async def test_a_batch_retries_only_the_rows_that_failed(
     sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
 ) -> None:
     channel = RefusingChannel(refused=TEAM[1])
-    config = DeliveryConfig(team_emails=TEAM, sender="s@hd.test", channels={"email": channel})
+    config = DeliveryConfig(team_emails=TEAM, channels={"email": channel})
     ids = await plan(sessions, await new_ticket_event(sessions), config)
     by_recipient = dict(db.execute("SELECT recipient, id FROM deliveries").fetchall())
 
@@ -270,7 +266,7 @@ async def test_a_duplicate_batch_running_at_the_same_time_sends_nothing(
     sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
 ) -> None:
     channel = GatedChannel()
-    config = DeliveryConfig(team_emails=TEAM, sender="s@hd.test", channels={"email": channel})
+    config = DeliveryConfig(team_emails=TEAM, channels={"email": channel})
     ids = await plan(sessions, await new_ticket_event(sessions), config)
 
     first = asyncio.create_task(run_batch(sessions, ids, config))
@@ -286,7 +282,7 @@ async def test_an_unexpected_error_in_one_send_does_not_resend_the_others(
     sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
 ) -> None:
     channel = RefusingChannel(refused=TEAM[1], error=RuntimeError("bug in a channel"))
-    config = DeliveryConfig(team_emails=TEAM, sender="s@hd.test", channels={"email": channel})
+    config = DeliveryConfig(team_emails=TEAM, channels={"email": channel})
     ids = await plan(sessions, await new_ticket_event(sessions), config)
 
     assert sorted(await run_batch(sessions, ids, config)) == sorted([Outcome.SENT, Outcome.RETRY])

@@ -10,21 +10,24 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from domain.delivery import PermanentDeliveryError, TransientDeliveryError
-from domain.notifications import Notice
+from domain.notifications import Notice, NoticeKind, Reply
 from domain.settings import load_settings
+from tests.notices import NOW, sample_notice
 from tests.sinks import SmtpSink, eventually, free_port
-from workers.channels.email import SmtpChannel, build_email
+from workers.channels.email import (
+    SmtpChannel,
+    build_email,
+    email_subject,
+    email_text,
+    thread_headers,
+)
 
 
-def notice(n: int, *, subject: str = "Payment not received", text: str = "Hello\n") -> Notice:
-    return Notice(
+def notice(n: int, *, subject: str = "Payment not received", reply: str = "Hello\n") -> Notice:
+    return sample_notice(
         event_id=f"event-{n}",
-        ticket_id="ticket-1",
-        channel="email",
-        recipient="team@support.test",
-        subject=f"[New ticket] {subject} (ticket ticket-1)",
-        text=text,
-        headers={"X-Helpdesk-Event": f"event-{n}", "Message-ID": f"<event-{n}@helpdesk.test>"},
+        subject=subject,
+        reply=Reply(by_support=False, written_at=NOW, body=reply),
     )
 
 
@@ -111,15 +114,64 @@ async def test_refusals_are_classified_and_the_connection_stays_usable(
 async def test_non_ascii_and_long_lines_arrive_intact(sink: SmtpSink, channel: SmtpChannel) -> None:
     subject = "Zahlung nicht erhalten — ärgerlich " + "x" * 120
     text = "Grüße = 100€\r\n.a line starting with a dot\n" + "y" * 2000 + "\n"
-    await channel.send(notice(1, subject=subject, text=text))
+    sent = notice(1, subject=subject, reply=text)
+    await channel.send(sent)
     (mail,) = [m.message for m in sink.received]
     raw = mail.as_bytes()
     parsed = message_from_bytes(raw, policy=policy.default)
     assert str(parsed["Subject"]) == f"[New ticket] {subject} (ticket ticket-1)"
     body = parsed.get_content().replace("\r\n", "\n")
-    assert body == text.replace("\r\n", "\n")
+    assert body == email_text(sent).replace("\r\n", "\n")
+    assert body.endswith(text.replace("\r\n", "\n") + "\n")
 
 
 def test_header_values_with_line_breaks_are_refused() -> None:
+    forged = sample_notice(recipient="a@x.test\r\nBcc: someone@example.com")
     with pytest.raises(PermanentDeliveryError, match="line break"):
-        build_email(notice(1, subject="hi\r\nBcc: someone@example.com"), "s@helpdesk.test")
+        build_email(forged, "s@helpdesk.test")
+
+
+def test_email_ids_are_stable_and_thread_per_ticket() -> None:
+    first = thread_headers(sample_notice(recipient="a@x.test"), "Support <s@hd.test>")
+    again = thread_headers(sample_notice(recipient="A@x.test"), "Support <s@hd.test>")
+    other = thread_headers(sample_notice(recipient="b@x.test"), "Support <s@hd.test>")
+    assert first["Message-ID"] == again["Message-ID"]
+    assert first["Message-ID"] != other["Message-ID"]
+    assert first["References"] == other["References"] == first["In-Reply-To"]
+    assert first["Message-ID"].endswith("@hd.test>")
+
+
+def test_breach_subject_says_so_and_line_breaks_cannot_forge_headers() -> None:
+    breach = sample_notice(
+        subject="Help\r\nBcc: evil@x.test", kind=NoticeKind.SLA_BREACHED, sla_due_at=NOW
+    )
+    subject = email_subject(breach)
+    assert (
+        subject
+        == "[SLA breached: no admin response in time] Help Bcc: evil@x.test (ticket ticket-1)"
+    )
+    assert "SLA due:   2026-03-15T10:00:00Z" in email_text(breach)
+
+
+def test_the_body_names_the_ticket_and_who_wrote_the_reply() -> None:
+    support = sample_notice(
+        kind=NoticeKind.SUPPORT_REPLY,
+        assignee="agent-7",
+        reply=Reply(by_support=True, written_at=NOW, body="Looking into it"),
+    )
+    assert email_text(support).splitlines() == [
+        "New reply from support",
+        "",
+        "Ticket:    ticket-1",
+        "Subject:   Payment not received",
+        "Status:    open",
+        "Priority:  normal",
+        "Category:  -",
+        "Requester: user-1",
+        "Assignee:  agent-7",
+        "",
+        "Support wrote at 2026-03-15T10:00:00Z:",
+        "",
+        "Looking into it",
+    ]
+    assert "user-1 wrote at" in email_text(sample_notice())

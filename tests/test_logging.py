@@ -16,6 +16,7 @@ from domain.db import make_engine, make_sessionmaker
 from domain.delivery import DeliveryConfig, deliver_batch, plan_deliveries
 from domain.ids import utcnow
 from domain.logging import configure_logging
+from domain.outbox import EVENTS_QUEUE
 from domain.settings import ConfigError, Settings, load_settings
 from tests.conftest import TokenFactory, auth
 from tests.processes import ServiceProcess, dramatiq_workers
@@ -75,9 +76,7 @@ async def test_a_delivery_attempt_logs_its_event_ticket_channel_outcome_and_requ
     (event_id,) = db.execute("SELECT id FROM ticket_events").fetchone() or ()
 
     config = DeliveryConfig(
-        team_emails=("team@support.test",),
-        sender="s@hd.test",
-        channels={"email": RecordingChannel()},
+        team_emails=("team@support.test",), channels={"email": RecordingChannel()}
     )
     engine = make_engine(settings, pool_size=1)
     try:
@@ -115,7 +114,7 @@ def test_a_worker_process_logs_json_lines_from_boot_to_shutdown(
 ) -> None:
     """Log collectors parse every line of a worker process, Dramatiq's own included. (Dramatiq's
     main process only supervises and runs none of our code: its few lines keep its format.)"""
-    pool = dramatiq_workers(service_env, ["events"], processes=1, threads=1)
+    pool = dramatiq_workers(service_env, [EVENTS_QUEUE], processes=1, threads=1)
     processes.append(pool.start())
     pool.stop()
     lines = [line for line in pool.output().splitlines() if line.strip()]

@@ -1,4 +1,5 @@
-"""Who is told what: the rules in domain.notifications, over plain model objects."""
+"""Who is told what, and the notice they are handed: domain.notifications, over plain model
+objects."""
 
 from __future__ import annotations
 
@@ -8,8 +9,19 @@ from typing import Any
 import pytest
 
 from domain import events
+from domain.lifecycle import Category, Priority, Status
 from domain.models import Message, Ticket, TicketEvent
-from domain.notifications import EMAIL, SLACK, Audience, Recipient, recipients_for, render
+from domain.notifications import (
+    EMAIL,
+    SLACK,
+    Audience,
+    Notice,
+    NoticeKind,
+    Recipient,
+    Reply,
+    notice_for,
+    recipients_for,
+)
 
 NOW = datetime(2026, 3, 15, 10, 0, tzinfo=UTC)
 TEAM = ("team@support.test", "oncall@support.test")
@@ -125,28 +137,53 @@ def test_admin_reply_without_a_known_requester_email_tells_nobody() -> None:
     assert recipients_for(evt, ticket(requester_email=None), FULL) == []
 
 
-def test_email_ids_are_stable_and_thread_per_ticket() -> None:
+def updated(**changes: Any) -> TicketEvent:
+    return event(events.TICKET_UPDATED, "agent", True, changes=changes)
+
+
+@pytest.mark.parametrize(
+    ("evt", "kind"),
+    [
+        (event(events.TICKET_CREATED), NoticeKind.NEW_TICKET),
+        (event(events.MESSAGE_CREATED, is_admin=False), NoticeKind.USER_REPLY),
+        (event(events.MESSAGE_CREATED, "agent", True, is_admin=True), NoticeKind.SUPPORT_REPLY),
+        (updated(status={"old": "open", "new": "resolved"}), NoticeKind.RESOLVED),
+        (updated(status={"old": "open", "new": "closed"}), NoticeKind.CLOSED),
+        (updated(priority={"old": "high", "new": "urgent"}), NoticeKind.ESCALATED),
+        (updated(assignee_id={"old": None, "new": "agent"}), NoticeKind.UPDATED),
+        (event(events.TICKET_CLOSED, "agent", True, reason="admin"), NoticeKind.CLOSED),
+        (event(events.TICKET_CLOSED, None, False, reason="auto"), NoticeKind.AUTO_CLOSED),
+        (event(events.TICKET_SLA_BREACHED, None), NoticeKind.SLA_BREACHED),
+    ],
+    ids=lambda v: v.type if isinstance(v, TicketEvent) else None,
+)
+def test_each_notice_says_what_happened(evt: TicketEvent, kind: NoticeKind) -> None:
+    notice = notice_for(evt, ticket(sla_due_at=NOW), Recipient(EMAIL, "a@x.test"), message=None)
+    assert notice.kind is kind
+    # The deadline is news only in a breach.
+    assert notice.sla_due_at == (NOW if kind is NoticeKind.SLA_BREACHED else None)
+
+
+def test_the_notice_carries_the_ticket_and_the_reply() -> None:
     msg = Message(
-        id="m", ticket_id="t", author_id="user-1", is_admin=False, body="hi", created_at=NOW
+        id="m", ticket_id="t", author_id="agent", is_admin=True, body="On it", created_at=NOW
     )
-    evt = event(events.TICKET_CREATED)
-    first = render(evt, ticket(), Recipient(EMAIL, "a@x.test"), message=msg, sender="s@hd.test")
-    again = render(evt, ticket(), Recipient(EMAIL, "a@x.test"), message=msg, sender="s@hd.test")
-    other = render(evt, ticket(), Recipient(EMAIL, "b@x.test"), message=msg, sender="s@hd.test")
-    assert first.headers["Message-ID"] == again.headers["Message-ID"]
-    assert first.headers["Message-ID"] != other.headers["Message-ID"]
-    assert first.headers["References"] == other.headers["References"]
-    assert first.headers["Message-ID"].endswith("@hd.test>")
-
-
-def test_breach_subject_says_so_and_line_breaks_cannot_forge_headers() -> None:
-    evt = event(events.TICKET_SLA_BREACHED, None)
-    notice = render(
-        evt,
-        ticket(subject="Help\r\nBcc: evil@x.test"),
-        Recipient(EMAIL, "a@x.test"),
-        message=None,
-        sender="s@hd.test",
+    evt = event(events.MESSAGE_CREATED, "agent", True, is_admin=True)
+    notice = notice_for(
+        evt, ticket(assignee_id="agent"), Recipient(EMAIL, "req@example.com"), message=msg
     )
-    assert notice.subject.startswith("[SLA breached")
-    assert "\n" not in notice.subject and "\r" not in notice.subject
+    assert notice == Notice(
+        event_id=evt.id,
+        kind=NoticeKind.SUPPORT_REPLY,
+        channel=EMAIL,
+        recipient="req@example.com",
+        ticket_id="01JN2XG6H7J8K9M0N1P2Q3R4S5",
+        subject="Payment not received",
+        status=Status.OPEN,
+        priority=Priority.HIGH,
+        category=Category.BILLING,
+        requester="user-1",
+        assignee="agent",
+        sla_due_at=None,
+        reply=Reply(by_support=True, written_at=NOW, body="On it"),
+    )

@@ -39,7 +39,6 @@ class Runtime:
             sessionmaker=make_sessionmaker(engine),
             delivery=DeliveryConfig(
                 team_emails=settings.admin_emails,
-                sender=settings.smtp_from,
                 channels=configured_channels(settings),
             ),
             tickets=TicketService(policy),

@@ -1,4 +1,4 @@
-"""Email over SMTP (plain, STARTTLS or TLS; authentication optional).
+"""Email over SMTP (plain, STARTTLS or TLS; authentication optional), and what an email says.
 
 Each worker process keeps a few SMTP connections open and reuses them, instead of paying for
 connect, EHLO (and STARTTLS/login) and QUIT on every email. A connection is used by one send at
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import contextlib
+import hashlib
 from dataclasses import dataclass
 from email.header import Header
 from email.message import EmailMessage
@@ -22,8 +23,10 @@ import aiosmtplib
 from aiosmtplib.email import flatten_message
 
 from domain.delivery import PermanentDeliveryError, TransientDeliveryError
+from domain.ids import isoformat_z
 from domain.notifications import Notice
 from domain.settings import Settings
+from workers.channels.headlines import HEADLINES
 
 # Open at once per worker process, idle ones included: a send holds one of these slots, and a
 # new connection is only opened when none is idle, so open connections never exceed the slots.
@@ -35,25 +38,68 @@ _MAX_LINE = 998  # RFC 5322: no line longer than this, CRLF excluded
 _FOLD_AT = 78
 
 
+def email_subject(notice: Notice) -> str:
+    # Ticket subjects are user input: fold any line breaks so they cannot forge mail headers.
+    subject = " ".join(notice.subject.split())
+    return f"[{HEADLINES[notice.kind]}] {subject} (ticket {notice.ticket_id})"
+
+
+def email_text(notice: Notice) -> str:
+    """The plain-text body: the ticket's particulars, then the reply the event is about."""
+    lines = [
+        HEADLINES[notice.kind],
+        "",
+        f"Ticket:    {notice.ticket_id}",
+        f"Subject:   {notice.subject}",
+        f"Status:    {notice.status}",
+        f"Priority:  {notice.priority}",
+        f"Category:  {notice.category or '-'}",
+        f"Requester: {notice.requester}",
+    ]
+    if notice.assignee:
+        lines.append(f"Assignee:  {notice.assignee}")
+    if notice.sla_due_at:
+        lines.append(f"SLA due:   {isoformat_z(notice.sla_due_at)}")
+    reply = notice.reply
+    if reply is not None:
+        author = "Support" if reply.by_support else notice.requester
+        lines += ["", f"{author} wrote at {isoformat_z(reply.written_at)}:", "", reply.body]
+    return "\n".join(lines) + "\n"
+
+
+def thread_headers(notice: Notice, sender: str) -> dict[str, str]:
+    """Stable ids: a redelivered email has the same Message-ID, so mail systems can drop the
+    copy; every email about a ticket refers to the same root, so clients thread them together."""
+    domain = sender.rpartition("@")[2].strip("> ") or "helpdesk.local"
+    digest = hashlib.sha256(notice.recipient.lower().encode()).hexdigest()[:16]
+    thread_root = f"<ticket-{notice.ticket_id}@{domain}>"
+    return {
+        "Message-ID": f"<{notice.event_id}.{digest}@{domain}>",
+        "In-Reply-To": thread_root,
+        "References": thread_root,
+        "X-Helpdesk-Ticket": notice.ticket_id,
+        "X-Helpdesk-Event": notice.event_id,
+    }
+
+
 def build_email(notice: Notice, sender: str) -> bytes:
     """The email as it goes over the wire (CRLF line ends), ready for DATA.
 
     The common case (ASCII headers) is written directly: the standard library's EmailMessage
     spends milliseconds per email on header objects. Anything else (non-ASCII in a header,
-    an address with a display name to encode) goes through EmailMessage, as before.
+    an address with a display name to encode) goes through EmailMessage.
     """
-    headers = {"From": sender, "To": notice.recipient, "Subject": notice.subject}
+    headers = {"From": sender, "To": notice.recipient, "Subject": email_subject(notice)}
     headers["Date"] = formatdate(usegmt=True)
-    headers.update(notice.headers)
+    headers.update(thread_headers(notice, sender))
     for name, value in headers.items():
         if "\r" in value or "\n" in value:
             raise PermanentDeliveryError(f"the {name} header contains a line break")
+    text = email_text(notice)
     if not all(value.isascii() for value in headers.values()):
-        return _build_with_email_package(headers, notice.text)
+        return _build_with_email_package(headers, text)
     lines = [_header_line(name, value) for name, value in headers.items()]
-    text = notice.text.replace("\r\n", "\n").replace("\r", "\n")
-    if not text.endswith("\n"):
-        text += "\n"
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
     if text.isascii() and all(len(line) <= _MAX_LINE for line in text.split("\n")):
         charset, encoding = "us-ascii", "7bit"
         body = text.encode("ascii")

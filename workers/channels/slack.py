@@ -2,10 +2,44 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 from domain.delivery import PermanentDeliveryError, TransientDeliveryError
 from domain.notifications import Notice
+from workers.channels.headlines import HEADLINES
+
+
+def slack_message(notice: Notice) -> dict[str, Any]:
+    """The webhook's payload: a one-line ``text`` (what notifications show) and the blocks."""
+    headline = HEADLINES[notice.kind]
+    fields = [
+        _mrkdwn(f"*Priority:*\n{notice.priority}"),
+        _mrkdwn(f"*Category:*\n{notice.category or '-'}"),
+        _mrkdwn(f"*Requester:*\n{notice.requester}"),
+        _mrkdwn(f"*Status:*\n{notice.status}"),
+    ]
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": headline[:150]}},
+        {"type": "section", "text": _mrkdwn(f"*{_escape(notice.subject)}*")},
+        {"type": "section", "fields": fields},
+    ]
+    if notice.reply is not None:
+        blocks.append({"type": "section", "text": _mrkdwn(_escape(notice.reply.body[:2900]))})
+    blocks.append({"type": "context", "elements": [_mrkdwn(f"Ticket {notice.ticket_id}")]})
+    return {
+        "text": f"{headline}: {notice.subject} [{notice.priority}] (ticket {notice.ticket_id})",
+        "blocks": blocks,
+    }
+
+
+def _mrkdwn(text: str) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": text}
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class SlackChannel:
@@ -22,7 +56,7 @@ class SlackChannel:
 
     async def send(self, notice: Notice) -> None:
         try:
-            response = await self._http().post(self.webhook_url, json=notice.slack_payload)
+            response = await self._http().post(self.webhook_url, json=slack_message(notice))
         except httpx.HTTPError as exc:
             raise TransientDeliveryError(f"Slack unreachable: {type(exc).__name__}") from exc
         if response.status_code < 300:
