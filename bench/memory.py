@@ -17,6 +17,7 @@ import jwt
 
 from api.cli import ensure_database, migrate
 from domain.devkey import ensure_dev_keypair
+from domain.outbox import EVENTS_QUEUE, NOTIFICATIONS_QUEUE
 from tests.processes import ROOT, ApiServer, dramatiq_workers
 from tests.sinks import SmtpSink, free_port
 
@@ -62,8 +63,8 @@ def measure_memory_after_load(seconds: int = 15, connections: int = 32) -> dict[
     )
     api = ApiServer(env).start()
     workers = [
-        dramatiq_workers(env, ["events"], threads=8).start(),
-        dramatiq_workers(env, ["notifications"], threads=16).start(),
+        dramatiq_workers(env, [EVENTS_QUEUE], threads=8).start(),
+        dramatiq_workers(env, [NOTIFICATIONS_QUEUE], threads=16).start(),
     ]
     try:
         base = api.base_url

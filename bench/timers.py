@@ -732,6 +732,8 @@ def close_state(conn: psycopg.Connection[Any]) -> tuple[int, int, int]:
 
 
 def measure_close(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
+    from domain.outbox import MAINTENANCE_QUEUE
+
     empty_database(args.database_url)
     prepare_redis(args.redis_url)
     auto_close_s = 7 * 86400
@@ -759,7 +761,7 @@ def measure_close(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         monitor.start()
         with connect(args.database_url) as conn:
             t0 = time.monotonic()
-            enqueue(broker, "maintenance", "close_resolved_tickets_due")
+            enqueue(broker, MAINTENANCE_QUEUE, "close_resolved_tickets_due")
             print(f"close: close_resolved_tickets_due sent (machine busy {idle_pct}% of a core)")
             limit = t0 + args.timeout + 600  # closing gives up here
             completed = 0

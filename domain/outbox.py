@@ -16,7 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.models import TicketEvent
 
-# The names both sides of the broker agree on (the API enqueues by name; workers define them).
+# The queues, each consumed by its own worker pool (see the Procfile), and the actors that a
+# process sends to by name because it does not declare them: the API sends every event to the
+# dispatcher, and each pool declares only its own actors.
 EVENTS_QUEUE = "events"
 NOTIFICATIONS_QUEUE = "notifications"
 MAINTENANCE_QUEUE = "maintenance"
@@ -25,7 +27,9 @@ SLA_QUEUE = "sla"
 # wake-ups on the sla queue would otherwise hold it back, and it breaches them in batches.
 SLA_SWEEP_QUEUE = "sla_sweeps"
 ALL_QUEUES = (EVENTS_QUEUE, NOTIFICATIONS_QUEUE, MAINTENANCE_QUEUE, SLA_QUEUE, SLA_SWEEP_QUEUE)
-DISPATCH_ACTOR = "dispatch_event"
+DISPATCH_ACTOR = "dispatch_event"  # on EVENTS_QUEUE
+DELIVER_ACTOR = "deliver_notifications"  # on NOTIFICATIONS_QUEUE
+SLA_CHECK_ACTOR = "check_sla_deadline"  # on SLA_QUEUE
 
 
 async def claim_events_to_publish(

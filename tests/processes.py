@@ -11,7 +11,23 @@ import tempfile
 import time
 from pathlib import Path
 
+from domain.outbox import (
+    EVENTS_QUEUE,
+    MAINTENANCE_QUEUE,
+    NOTIFICATIONS_QUEUE,
+    SLA_QUEUE,
+    SLA_SWEEP_QUEUE,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
+# The module of actors that consumes each queue, as the Procfile's pools run them.
+POOL_MODULES = {
+    EVENTS_QUEUE: "workers.events",
+    NOTIFICATIONS_QUEUE: "workers.notifications",
+    SLA_QUEUE: "workers.sla",
+    SLA_SWEEP_QUEUE: "workers.sla",
+    MAINTENANCE_QUEUE: "workers.maintenance",
+}
 
 
 class ServiceProcess:
@@ -74,11 +90,14 @@ class ServiceProcess:
 def dramatiq_workers(
     env: dict[str, str], queues: list[str], *, processes: int = 1, threads: int = 8
 ) -> ServiceProcess:
+    """One Dramatiq worker for ``queues``, with only the modules of actors that consume them
+    (several pools in one process when given the queues of several)."""
+    modules = sorted({POOL_MODULES[queue] for queue in queues})
     argv = [
         sys.executable,
         "-m",
         "dramatiq",
-        "workers.actors",
+        *modules,
         "--queues",
         *queues,
         "--processes",

@@ -91,10 +91,11 @@ def _unwrap(argv: list[str]) -> Iterator[list[str]]:
 
 @dataclass
 class Imports:
-    """Modules that must import (checked together in a fresh interpreter) and queues to consume."""
+    """Modules that must import (each alone, in a fresh interpreter) and queues to consume."""
 
     modules: set[str] = field(default_factory=set)
-    queues: dict[str, set[str]] = field(default_factory=dict)  # broker module -> queues named
+    # the modules a worker line imports (space-separated) -> the queues it names
+    queues: dict[str, set[str]] = field(default_factory=dict)
 
 
 def check_program(argv: list[str], imports: Imports, where: str) -> str:
@@ -116,10 +117,10 @@ def check_program(argv: list[str], imports: Imports, where: str) -> str:
             args = dramatiq.cli.make_argument_parser().parse_args(argv[1:])
         except SystemExit:
             pytest.fail(f"{where}: dramatiq does not accept {shlex.join(argv[1:])}")
-        for spec in [args.broker, *args.modules]:
-            imports.modules.add(spec)
-        imports.queues.setdefault(args.broker, set()).update(args.queues or [])
-        return f"dramatiq {args.broker}"
+        specs = [args.broker, *args.modules]
+        imports.modules.update(specs)
+        imports.queues.setdefault(" ".join(specs), set()).update(args.queues or [])
+        return f"dramatiq {' '.join(specs)}"
     if program == "granian":
         targets = [arg for arg in argv[1:] if ":" in arg and not arg.startswith("-")]
         assert targets, f"{where}: granian without a module:app target"
@@ -167,56 +168,69 @@ def check_helpdesk(args: list[str], where: str) -> str:
 class ImportReport:
     modules: frozenset[str]  # what was imported
     errors: dict[str, str]  # module spec -> why it did not import
-    queues: frozenset[str]  # queues the imported actors consume
+    queues_of: dict[str, frozenset[str]]  # module spec -> queues its actors consume
+
+    @property
+    def queues(self) -> frozenset[str]:
+        return frozenset().union(*self.queues_of.values())
+
+
+_IMPORT_ONE = """
+import importlib, json, sys
+spec = sys.argv[1]
+module, _, attr = spec.partition(':')
+error, queues = None, []
+try:
+    loaded = importlib.import_module(module)
+    if attr:
+        getattr(loaded, attr)
+except BaseException as exc:
+    error = f'{type(exc).__name__}: {exc}'
+if 'dramatiq' in sys.modules:
+    import dramatiq
+    queues = sorted(dramatiq.get_broker().get_declared_queues())
+print(json.dumps({'error': error, 'queues': queues}))
+"""
 
 
 def import_in_fresh_interpreter(modules: set[str]) -> ImportReport:
-    """Import each module (``module`` or ``module:attribute``) in a new interpreter, so what
-    workers do at import time (choosing a broker) stays out of this test process."""
-    script = (
-        "import importlib, json, sys\n"
-        "errors = {}\n"
-        "for spec in sys.argv[1:]:\n"
-        "    module, _, attr = spec.partition(':')\n"
-        "    try:\n"
-        "        loaded = importlib.import_module(module)\n"
-        "        if attr:\n"
-        "            getattr(loaded, attr)\n"
-        "    except BaseException as exc:\n"
-        "        errors[spec] = f'{type(exc).__name__}: {exc}'\n"
-        "queues = []\n"
-        "if 'dramatiq' in sys.modules:\n"
-        "    import dramatiq\n"
-        "    queues = sorted(dramatiq.get_broker().get_declared_queues())\n"
-        "print(json.dumps({'errors': errors, 'queues': queues}))\n"
-    )
+    """Import each module (``module`` or ``module:attribute``) alone in a new interpreter, as a
+    worker pool does, so that what workers do at import time (choosing a broker) stays out of
+    this test process and a module that only imports after another one is caught."""
     env = {**os.environ, "DATABASE_URL": TEST_DATABASE_URL, "REDIS_URL": TEST_REDIS_URL}
-    done = subprocess.run(
-        [sys.executable, "-c", script, *sorted(modules)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    return ImportReport(
-        modules=frozenset(modules),
-        errors=report["errors"],
-        queues=frozenset(report["queues"]),
-    )
+    running = {
+        spec: subprocess.Popen(
+            [sys.executable, "-c", _IMPORT_ONE, spec],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for spec in sorted(modules)
+    }
+    errors: dict[str, str] = {}
+    queues_of: dict[str, frozenset[str]] = {}
+    for spec, process in running.items():
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err[-2000:]
+        report = json.loads(out.strip().splitlines()[-1])
+        if report["error"]:
+            errors[spec] = report["error"]
+        queues_of[spec] = frozenset(report["queues"])
+    return ImportReport(modules=frozenset(modules), errors=errors, queues_of=queues_of)
 
 
 def check_imports(imports: Imports, report: ImportReport) -> None:
-    """Every module imported, and every queue a worker line names has an actor."""
+    """Every module imported, and every queue a worker line names has an actor in the modules
+    that line imports."""
     unchecked = imports.modules - report.modules
     assert not unchecked, f"not imported by the report: {sorted(unchecked)}"
     failed = {spec: report.errors[spec] for spec in imports.modules if spec in report.errors}
     assert failed == {}, failed
-    named = set().union(*imports.queues.values()) if imports.queues else set()
-    assert named <= report.queues, f"queues no actor consumes: {sorted(named - report.queues)}"
+    for specs, named in imports.queues.items():
+        declared = frozenset().union(*(report.queues_of[spec] for spec in specs.split()))
+        assert named <= declared, f"{specs}: queues no actor consumes: {sorted(named - declared)}"
 
 
 def check_every_queue_has_a_pool(imports: Imports, report: ImportReport, where: str) -> None:
@@ -378,17 +392,22 @@ def test_the_checker_rejects_what_does_not_exist(import_report: ImportReport) ->
         "helpdesk serev",
         "helpdesk serve --no-such-flag",
         "nonexistent-program --flag",
-        "dramatiq workers.actors --no-such-option",
+        "dramatiq workers.notifications --no-such-option",
     ]:
         with pytest.raises(pytest.fail.Exception):
             for argv in simple_commands(bad):
                 check_program(argv, Imports(), bad)
 
-    imports = Imports()
-    for argv in simple_commands("dramatiq workers.actors --queues no_such_queue"):
-        check_program(argv, imports, "queue")
-    with pytest.raises(AssertionError, match="no_such_queue"):
-        check_imports(imports, import_report)
+    for command, queue in [
+        ("dramatiq workers.notifications --queues no_such_queue", "no_such_queue"),
+        # A queue of another pool: the pool does not import that pool's actors.
+        ("dramatiq workers.notifications --queues events", "events"),
+    ]:
+        imports = Imports()
+        for argv in simple_commands(command):
+            check_program(argv, imports, "queue")
+        with pytest.raises(AssertionError, match=queue):
+            check_imports(imports, import_report)
 
     with pytest.raises(AssertionError, match="no_such_module"):
         check_imports(Imports(modules={NO_SUCH_MODULE}), import_report)
@@ -421,7 +440,7 @@ services:
     healthcheck: {test: ["CMD", "curl", "-fs", "http://localhost:8000/readyz"]}
   notifications:
     build: .
-    command: ["dramatiq", "workers.actors", "--queues", "notifications", "-p", "2"]
+    command: ["dramatiq", "workers.notifications", "--queues", "notifications", "-p", "2"]
 """
 
 
@@ -450,7 +469,7 @@ def test_the_compose_checker_on_samples(tmp_path: Path, import_report: ImportRep
         ),
         "unknown subcommand": lambda s: s["api"].update(command="helpdesk server"),
         "unknown queue": lambda s: s["notifications"].update(
-            command="dramatiq workers.actors --queues nope"
+            command="dramatiq workers.notifications --queues nope"
         ),
         "healthcheck on a missing route": lambda s: s["api"].update(
             healthcheck={"test": "curl -f http://localhost:8000/health"}

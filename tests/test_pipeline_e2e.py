@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 
+from domain.outbox import EVENTS_QUEUE, MAINTENANCE_QUEUE, NOTIFICATIONS_QUEUE
 from tests.conftest import TEAM, TokenFactory, auth
 from tests.processes import ServiceProcess, dramatiq_workers
 from tests.sinks import HttpSink, SmtpSink, eventually
@@ -22,7 +23,9 @@ ADMIN_URL = "/v1/admin/support/tickets"
 
 @pytest.fixture
 def workers(service_env: dict[str, str]) -> Iterator[ServiceProcess]:
-    process = dramatiq_workers(service_env, ["events", "notifications", "maintenance"]).start()
+    process = dramatiq_workers(
+        service_env, [EVENTS_QUEUE, NOTIFICATIONS_QUEUE, MAINTENANCE_QUEUE]
+    ).start()
     yield process
     process.stop()
 

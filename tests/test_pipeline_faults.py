@@ -17,7 +17,13 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
-from domain.outbox import ALL_QUEUES
+from domain.outbox import (
+    ALL_QUEUES,
+    DELIVER_ACTOR,
+    DISPATCH_ACTOR,
+    EVENTS_QUEUE,
+    NOTIFICATIONS_QUEUE,
+)
 from domain.settings import load_settings
 from tests.conftest import TEAM, TokenFactory, auth
 from tests.processes import PrivateRedis, ServiceProcess, dramatiq_workers, scheduler
@@ -208,8 +214,8 @@ async def test_same_messages_delivered_twice_send_once(
     for _ in range(3):  # the API already sent it once; send it three more times
         broker.enqueue(
             dramatiq.Message(
-                queue_name="events",
-                actor_name="dispatch_event",
+                queue_name=EVENTS_QUEUE,
+                actor_name=DISPATCH_ACTOR,
                 args=(event_id,),
                 kwargs={},
                 options={},
@@ -217,17 +223,15 @@ async def test_same_messages_delivered_twice_send_once(
         )
     processes.append(dramatiq_workers(service_env, QUEUES).start())
     assert await eventually(lambda: len(smtp_sink.received) == PER_TICKET, within_s=30)
-    # Now the delivery messages arrive again after the fact: the batch twice, and each row in
-    # the one-row message that releases before batching sent.
+    # Now the delivery message arrives twice more after the fact, and one per row.
     delivery_ids = [row[0] for row in db.execute("SELECT id FROM deliveries").fetchall()]
-    duplicates = [("deliver_notifications", (delivery_ids,))] * 2
-    duplicates += [("deliver_notification", (delivery_id,)) for delivery_id in delivery_ids]
-    for actor_name, args in duplicates:
+    duplicates = [delivery_ids] * 2 + [[delivery_id] for delivery_id in delivery_ids]
+    for ids in duplicates:
         broker.enqueue(
             dramatiq.Message(
-                queue_name="notifications",
-                actor_name=actor_name,
-                args=args,
+                queue_name=NOTIFICATIONS_QUEUE,
+                actor_name=DELIVER_ACTOR,
+                args=(ids,),
                 kwargs={},
                 options={},
             )

@@ -16,7 +16,7 @@ from dramatiq.brokers.redis import RedisBroker
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
-from domain.outbox import ALL_QUEUES, SLA_QUEUE
+from domain.outbox import ALL_QUEUES, SLA_CHECK_ACTOR, SLA_QUEUE
 from domain.settings import load_settings
 from tests.conftest import TEAM, TokenFactory, auth
 from tests.processes import ServiceProcess, dramatiq_workers, scheduler
@@ -200,7 +200,7 @@ async def test_the_backstop_sweep_is_not_stuck_behind_a_burst_of_wake_ups(
         broker.enqueue(
             Message(
                 queue_name=SLA_QUEUE,
-                actor_name="check_sla_deadline",
+                actor_name=SLA_CHECK_ACTOR,
                 args=(f"no-such-ticket-{i}",),
                 kwargs={},
                 options={},

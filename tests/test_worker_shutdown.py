@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+from domain.outbox import EVENTS_QUEUE, NOTIFICATIONS_QUEUE
 from tests.processes import ServiceProcess, dramatiq_workers
 
 pytestmark = pytest.mark.slow
@@ -18,7 +19,9 @@ pytestmark = pytest.mark.slow
 def test_a_pool_signalled_as_a_process_group_stops_gracefully(
     service_env: dict[str, str], processes: list[ServiceProcess]
 ) -> None:
-    pool = dramatiq_workers(service_env, ["events", "notifications"], processes=2, threads=2)
+    pool = dramatiq_workers(
+        service_env, [EVENTS_QUEUE, NOTIFICATIONS_QUEUE], processes=2, threads=2
+    )
     processes.append(pool.start())
     assert pool.proc is not None
     # A signal to the group reaches each worker process directly and, a moment later when the

@@ -1,7 +1,13 @@
-"""The one Dramatiq broker. Imported (by workers.actors) before any actor is declared."""
+"""The one Dramatiq broker and its middleware. Each pool's module of actors imports it first.
+
+A pool declares only its own actors (``workers/events.py``, ``workers/notifications.py``,
+``workers/sla.py``, ``workers/maintenance.py``, one per Procfile line), so a message for another
+pool's actor is sent by name (:func:`send_by_name`), as the API sends its events.
+"""
 
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 import time
@@ -10,6 +16,7 @@ from typing import Any
 
 import dramatiq
 import redis
+import structlog
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import (
@@ -21,10 +28,14 @@ from dramatiq.middleware import (
     ShutdownNotifications,
     TimeLimit,
 )
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from domain.logging import configure_logging
 from domain.settings import Settings, load_settings
 from workers import runtime
+
+log = structlog.get_logger("workers.broker")
 
 
 class LogFormat(Middleware):
@@ -54,6 +65,37 @@ class WorkerRuntime(Middleware):
         loop_thread = get_event_loop_thread()
         if loop_thread is not None:
             loop_thread.run_coroutine(runtime.stop())
+
+
+DATABASE_DOWN_RETRY_MS = 2_000
+
+
+class RetrySoonWhenDatabaseDown(Middleware):
+    """A database outage is not the message's fault: its message is retried every two seconds
+    rather than on the actor's growing backoff, so work resumes within moments of PostgreSQL
+    coming back.
+
+    Each actor is wrapped as it is declared, so that the outage leaves it as ``dramatiq.Retry``:
+    Retries then honours the delay (the attempt still counts against the actor's
+    ``max_retries``), and the worker does not log the outage as an unhandled error.
+    """
+
+    def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        run = actor.fn
+
+        @functools.wraps(run)
+        def run_or_retry_soon(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return run(*args, **kwargs)
+            except (OperationalError, PoolTimeout) as exc:
+                log.warning(
+                    "actor.database_unavailable",
+                    actor=actor.actor_name,
+                    error=type(exc).__name__,
+                )
+                raise dramatiq.Retry("database unavailable", delay=DATABASE_DOWN_RETRY_MS) from exc
+
+        actor.fn = run_or_retry_soon
 
 
 SIGTERM_REPEAT_WINDOW_S = 3.0
@@ -109,6 +151,8 @@ def build_broker(settings: Settings) -> RedisBroker:
         # Retry failed messages with exponential backoff. These are only the defaults: every
         # actor sets its own max_retries/min_backoff/max_backoff (never 20 retries over weeks).
         Retries(max_retries=3, min_backoff=1_000, max_backoff=60_000),
+        # A database outage retries in two seconds instead (still within max_retries).
+        RetrySoonWhenDatabaseDown(),
         # Log lines and actors can see the message being processed.
         CurrentMessage(),
         # Runs `async def` actors on one event loop thread per worker process.
@@ -117,6 +161,15 @@ def build_broker(settings: Settings) -> RedisBroker:
         WorkerRuntime(settings),
     ]
     return RedisBroker(client=client, middleware=middleware)
+
+
+def send_by_name(queue_name: str, actor_name: str, *args: Any, delay_ms: int | None = None) -> None:
+    """Queue a message for an actor this process may not declare (another pool's): Dramatiq's
+    ``actor.send`` needs the actor, a message only its name and queue (``domain.outbox``)."""
+    message: dramatiq.Message[Any] = dramatiq.Message(
+        queue_name=queue_name, actor_name=actor_name, args=args, kwargs={}, options={}
+    )
+    broker.enqueue(message, delay=delay_ms)
 
 
 settings = load_settings()

@@ -17,8 +17,9 @@ import structlog
 from apscheduler.schedulers.blocking import BlockingScheduler
 
 from domain.logging import configure_logging
-from workers.actors import close_resolved_tickets_due, publish_outbox, sweep_sla_deadlines
 from workers.broker import settings
+from workers.maintenance import close_resolved_tickets_due, publish_outbox
+from workers.sla import sweep_sla_deadlines
 
 log = structlog.get_logger("workers.scheduler")
 
@@ -59,7 +60,7 @@ def build_scheduler() -> BlockingScheduler:
 
 
 def main() -> None:
-    configure_logging(settings)  # JSON lines like every other process (it logged console text)
+    configure_logging(settings)  # JSON lines, like every other process
     scheduler = build_scheduler()
 
     def stop(signum: int, frame: FrameType | None) -> None:

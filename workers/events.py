@@ -1,0 +1,62 @@
+"""The events pool: who must hear of each event, recorded in the ledger and queued for delivery.
+
+Run: ``dramatiq workers.events --queues events``. A message may arrive twice (at-least-once
+delivery); planning an event again adds nothing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import dramatiq
+
+from domain import events
+from domain.delivery import plan_deliveries
+from domain.models import TicketEvent
+from domain.outbox import (
+    DELIVER_ACTOR,
+    DISPATCH_ACTOR,
+    EVENTS_QUEUE,
+    NOTIFICATIONS_QUEUE,
+    SLA_CHECK_ACTOR,
+    SLA_QUEUE,
+)
+from domain.timers import sla_wakeup_delay
+from workers.broker import send_by_name
+from workers.runtime import runtime
+
+DELIVERY_BATCH = 25  # ledger rows per delivery message (an event's recipients, usually all)
+
+
+@dramatiq.actor(
+    actor_name=DISPATCH_ACTOR,
+    queue_name=EVENTS_QUEUE,
+    max_retries=10,
+    min_backoff=500,
+    max_backoff=30_000,
+    time_limit=30_000,
+)
+async def dispatch_event(event_id: str) -> None:
+    """Record who must hear of an event (ledger rows) and queue their delivery in one message."""
+    rt = runtime()
+    async with rt.sessionmaker() as session:
+        plan = await plan_deliveries(session, event_id, rt.delivery, rt.clock())
+        wakeup = _sla_wakeup(plan.event, rt.clock())
+        await session.commit()
+    pending = plan.pending
+    # One message per batch of an event's recipients, not per recipient: a Dramatiq hop and a
+    # transaction per email cost more CPU than the email itself.
+    for start in range(0, len(pending), DELIVERY_BATCH):
+        send_by_name(NOTIFICATIONS_QUEUE, DELIVER_ACTOR, pending[start : start + DELIVERY_BATCH])
+    if wakeup is not None:
+        ticket_id, delay = wakeup
+        # A hint, not the truth: the deadline lives in PostgreSQL and the sweep backs this up.
+        delay_ms = int(delay.total_seconds() * 1000) + 5
+        send_by_name(SLA_QUEUE, SLA_CHECK_ACTOR, ticket_id, delay_ms=delay_ms)
+
+
+def _sla_wakeup(event: TicketEvent | None, now: datetime) -> tuple[str, timedelta] | None:
+    if event is None or event.type not in (events.TICKET_CREATED, events.TICKET_UPDATED):
+        return None
+    delay = sla_wakeup_delay(event.payload or {}, now)
+    return (event.ticket_id, delay) if delay is not None else None
