@@ -12,7 +12,7 @@ help:
 	@echo "make test   run the test suite against the local PostgreSQL and Redis"
 	@echo "make lint   ruff + mypy"
 	@echo "make bench  run the benchmarks, write docs/benchmarks.md"
-	@echo "make faults run the fault suite, write docs/reliability.md"
+	@echo "make faults run the fault suite and the abuse suite, write docs/reliability.md"
 
 install:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
