@@ -5,8 +5,8 @@ against a real PostgreSQL database and Redis, and attacks it one case at a time 
 bystander (other, well-behaved users of the same app, ~30 requests/s of ticket lists and some
 creates, from a process of its own) is measured. Every case is bounded in count and time.
 
-    uv run python -m bench.abuse                       # every case, full counts (~6 minutes)
-    uv run python -m bench.abuse --quick               # every case, small counts (~1.5 minutes)
+    uv run python -m bench.abuse                       # every case, full counts (~5 minutes)
+    uv run python -m bench.abuse --quick               # every case, small counts (~1 minute)
     uv run python -m bench.abuse --case rate-limit --case bad-tokens
 
 For each case it records what was sent and every answer (by status, or how the connection
@@ -38,6 +38,7 @@ import secrets
 import socket
 import struct
 import sys
+import textwrap
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -68,6 +69,7 @@ ADMIN_TICKETS = "/v1/admin/support/tickets"
 RATE_LIMIT_PER_MINUTE = 60
 WORKERS = 2
 BYSTANDER_USERS = 96  # ~30 req/s over 96 users: ~19 requests per user and minute, limit 60
+BYSTANDER_AFTER_S = 1.0  # the bystander goes on this long after each attack
 # Memory the server's process tree may keep after a case (allocator arenas, caches) before
 # the case counts as not having given its memory back.
 RSS_TOLERANCE_MB = 32.0
@@ -142,8 +144,8 @@ QUICK = Sizes(
     idle_keepalive=300,
     silent=300,
     slow_seconds=5.0,
-    body_repeats=3,
-    path_repeats=3,
+    body_repeats=5,
+    path_repeats=5,
     hangups=50,
     baseline_s=2.0,
     recovery_timeout_s=15.0,
@@ -983,6 +985,7 @@ async def attack_idle_keepalive(ctx: CaseContext) -> AttackResult:
     """Connections that make one request with keep-alive, read the answer, then stay idle."""
     result = AttackResult()
     request = http_request("GET", "/healthz", close=False)
+    waits: list[float] = []
 
     async def connection(n: int, deadline: float, open_: Opener) -> tuple[str, float | None]:
         opened = time.monotonic()
@@ -999,6 +1002,7 @@ async def attack_idle_keepalive(ctx: CaseContext) -> AttackResult:
                 answer.cancel()
                 return "never answered (waited in the accept queue)", None
             status, waited = _ended(answer.result()), time.monotonic() - opened
+            waits.append(waited)
             if status != "200":
                 return f"answered: {status}", waited
             prefix = "answered" if waited < 2.0 else "answered only after > 2 s in the queue"
@@ -1025,6 +1029,7 @@ async def attack_idle_keepalive(ctx: CaseContext) -> AttackResult:
         lambda n: "GET /healthz, then idle",
         expected,
     )
+    result.details["first_answer_after_ms"] = summary_ms(waits)
     return result
 
 
@@ -1398,6 +1403,7 @@ def _bystander_report(
 ) -> dict[str, Any]:
     baseline = [r for r in records if ready_at <= r[0] < attack_start]
     attack = [r for r in records if attack_start <= r[0] <= attack_end]
+    after = [r for r in records if r[0] > attack_end]
     non_2xx = Counter(f"{kind}: {outcome}" for _, kind, outcome, _ in records if outcome[0] != "2")
     creates = sum(1 for _, kind, outcome, _ in records if kind == "create" and outcome == "201")
     unsure = sum(1 for _, kind, o, _ in records if kind == "create" and not o.isdigit())
@@ -1405,6 +1411,7 @@ def _bystander_report(
         "requests": len(records),
         "baseline": summary_ms(r[3] for r in baseline),
         "attack": summary_ms(r[3] for r in attack),
+        "after": summary_ms(r[3] for r in after),
         "attack_fresh_connections": summary_ms(r[3] for r in attack if r[1] == "fresh list"),
         "rate_during_attack": round(len(attack) / max(attack_end - attack_start, 1e-9), 1),
         "non_2xx": dict(non_2xx),
@@ -1490,6 +1497,7 @@ def run_case(
     attack_start = time.monotonic()
     attack, peak = run_async(_during(case.attack(ctx), monitor, case.time_limit_s(sizes)))
     attack_end = time.monotonic()
+    time.sleep(BYSTANDER_AFTER_S)  # and just after it, when anything left behind would show
     records = bystander.end()
 
     recovered_in: float | None = None
@@ -1706,72 +1714,93 @@ DEFENDED = """\
 """
 
 
+def _wrap(text: str) -> list[str]:
+    return textwrap.wrap(text, width=96, break_long_words=False, break_on_hyphens=False)
+
+
 def write_section(results: list[CaseResult], sizes: Sizes, stamp: str) -> None:
     """Replace (or append) the Abuse section of docs/reliability.md."""
+    intro = (
+        "Produced by `make faults` (after the scenarios above) or `uv run python -m "
+        "bench.abuse`; raw figures in `bench/results/abuse.json`; the same cases with small "
+        "counts and assertions in `tests/test_abuse_live.py`. Each case attacks the real API "
+        f"server (`helpdesk serve`: Granian, {WORKERS} processes, "
+        f"`RATE_LIMIT_PER_MINUTE={RATE_LIMIT_PER_MINUTE}`) while a bystander, other users of "
+        f"the same app at {sizes.bystander_rate:g} requests/s from a process of its own (80 % "
+        "ticket lists and 15 % creates on keep-alive connections, 5 % lists on a new "
+        "connection; a request unanswered after 10 s is a timeout and counts as 10 s), is "
+        f"measured; its baseline is the {sizes.baseline_s:g} s just before the attack."
+    )
+    resources = (
+        "Resources afterwards: RSS of the server's process tree, its PostgreSQL connections "
+        "and the TCP connections to its port, quiet before the case → peak during it → after "
+        "it. They are back when TCP and busy database connections are at the baseline, "
+        "PostgreSQL connections within what the pools keep (each process keeps what it "
+        f"opened, up to DB_POOL_SIZE + 5 = 15) and RSS within {RSS_TOLERANCE_MB:g} MB of the "
+        "baseline. After each case `/readyz`, one new bystander request and a burst of "
+        "concurrent bystander requests (more than the connection gates admit at once) must "
+        "all answer 200, and nothing may be half-written (tickets without their first message "
+        "or created event, messages or events without a ticket) and tickets must have grown "
+        "by exactly the 201s answered (for clients that hung up: by no more than they sent). "
+        "The machine has 2 cores shared by the server, PostgreSQL, Redis, the attacker and "
+        "the bystander, so an attack that costs CPU shows in the bystander's latency."
+    )
     lines = [
         SECTION_START,
         "## Abuse: one misbehaving client must not hurt anyone else",
         "",
-        "Produced by `make faults` (after the scenarios above) or `uv run python -m "
-        "bench.abuse`; raw figures in `bench/results/abuse.json`. Each case attacks the real "
-        f"API server (Granian, {WORKERS} processes, "
-        f"`RATE_LIMIT_PER_MINUTE={RATE_LIMIT_PER_MINUTE}`) while a bystander (other users of "
-        "the same app, "
-        f"{sizes.bystander_rate:g} requests/s from a process of its own: 80 % ticket lists and "
-        "15 % creates on keep-alive connections, 5 % lists on a new connection) is measured. "
-        f"Baseline: the bystander alone for {sizes.baseline_s:g} s just before the attack. "
-        "Resources: RSS of the server's process tree, its PostgreSQL connections and the TCP "
-        "connections to its port, quiet before the case → peak during it → after it; they count "
-        "as back when TCP and busy database connections are at the baseline, PostgreSQL "
-        "connections within what the pools keep, and RSS within "
-        f"{RSS_TOLERANCE_MB:g} MB. After each case `/readyz`, one new bystander request and a "
-        "burst of concurrent bystander requests (more than the connection gates admit at once) "
-        "must all answer 200. Half-written: tickets without their first message or created "
-        "event, messages or events without a ticket (all 0 unless said); tickets grew exactly "
-        "by the 2xx answers unless said. The machine has 2 cores shared by the server, "
-        "PostgreSQL, Redis, the attacker and the bystander, so an attack that costs CPU shows "
-        "in the bystander's latency.",
+        *_wrap(intro),
         "",
-        f"Run {stamp} ({sizes.name} counts), reproduce with `uv run python -m bench.abuse`.",
+        *_wrap(resources),
+        "",
+        f"Run {stamp} ({sizes.name} counts).",
         "",
         "| case | requests sent | answers seen | bystander p50 / p99 ms, baseline → attack | "
-        "bystander non-2xx | resources afterwards | error lines in the log | problems |",
-        "|---|---|---|---|---|---|---|---|",
+        "bystander non-2xx | resources afterwards | error lines in the log |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         b = r.bystander
         non_2xx = _fmt_outcomes(b["non_2xx"]) if b["non_2xx"] else "0"
-        found = "; ".join(r.problems) if r.problems else "none"
         lines.append(
             f"| **{r.case}**: {r.title} | {r.sent} | {_fmt_outcomes(r.outcomes)} | "
             f"{_latency(b['baseline'])} → {_latency(b['attack'])} | {non_2xx} | "
-            f"{_resources_cell(r)} | {_errors_cell(r)} | {found} |"
+            f"{_resources_cell(r)} | {_errors_cell(r)} |"
         )
-    lines += ["", "Per case:", ""]
+    lines += ["", "### Problems found", ""]
+    found = [(r.case, p) for r in results for p in r.problems]
+    lines += [f"- **{case}**: {p}." for case, p in found] or ["None."]
+    lines += ["", "### Per case", ""]
     for r in results:
         kinds = "; ".join(f"{k}: {_fmt_outcomes(v)}" for k, v in r.by_kind.items())
         extra = [*r.notes]
-        if "server_closed_after_s" in r.details:
-            c = r.details["server_closed_after_s"]
+        for outcome, c in r.details.get("ended_after_s", {}).items():
             extra.append(
-                f"the server closed {c['count']} connections after {c['min']:g}-{c['max']:g} s "
-                f"(median {c['median']:g} s)"
+                f"'{outcome}' came after {c['min']:g}-{c['max']:g} s (median {c['median']:g} s, "
+                f"{c['count']} connections)"
             )
         t = r.tickets
         extra.append(
             f"tickets: attacker +{t['attacker_delta']} ({t['attacker_201']} answered 201"
-            + (f", at most {t['attacker_at_most']} sent" if t["attacker_at_most"] else "")
+            + (f", {t['attacker_at_most']} creates sent" if t["attacker_at_most"] else "")
             + f"), bystander +{t['bystander_delta']} ({t['bystander_201']} answered 201)"
         )
+        if "first_answer_after_ms" in r.details:
+            w = r.details["first_answer_after_ms"]
+            extra.append(
+                f"first answers came after p50 {w['p50_ms']:g} ms, p99 {w['p99_ms']:g} ms, "
+                f"max {w['max_ms']:g} ms"
+            )
         fresh = r.bystander["attack_fresh_connections"]
         if fresh.get("count"):
             extra.append(
-                "bystander lists on new connections during the attack: p50/p99 "
+                "bystander lists on new connections during the attack: p50 / p99 "
                 f"{_latency(fresh)} ms"
             )
         if r.log["warnings"]:
             extra.append(f"warning lines: {r.log['warnings']}")
-        lines.append(f"- **{r.case}** ({r.attack_s:g} s): {kinds}. " + "; ".join(extra) + ".")
+        item = f"- **{r.case}** ({r.attack_s:g} s): {kinds}. " + "; ".join(extra) + "."
+        lines += _wrap(item)[:1] + ["  " + line for line in _wrap(item)[1:]]
     lines += ["", DEFENDED, SECTION_END, ""]
     section = "\n".join(lines)
     text = REPORT.read_text() if REPORT.exists() else ""
@@ -1826,25 +1855,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--case", action="append", choices=CASE_NAMES, help="repeatable")
     parser.add_argument("--quick", action="store_true", help="small counts (the tests' sizes)")
+    parser.add_argument(
+        "--report-from", type=Path, help="rewrite the docs section from a run's JSON; no run"
+    )
     args = parser.parse_args(argv)
+    if args.report_from:
+        saved = json.loads(args.report_from.read_text())
+        results = [CaseResult(**case) for case in saved["cases"]]
+        write_section(results, Sizes(**saved["sizes"]), saved["stamp"])
+        print(f"wrote the Abuse section of {REPORT.relative_to(ROOT)}")
+        return 0
     names = args.case or CASE_NAMES
     sizes = QUICK if args.quick else FULL
-    stamp = time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = run_suite(names, sizes)
     complete = names == CASE_NAMES and sizes is FULL
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / ("abuse.json" if complete else "abuse-partial.json")
-    out.write_text(
-        json.dumps(
-            {
-                "stamp": stamp,
-                "git": git_state(),
-                "sizes": asdict(sizes),
-                "cases": [asdict(r) for r in results],
-            },
-            indent=2,
-        )
-    )
+    saved = {
+        "stamp": stamp,
+        "git": git_state(),
+        "sizes": asdict(sizes),
+        "cases": [asdict(r) for r in results],
+    }
+    out.write_text(json.dumps(saved, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")
     if complete:
         write_section(results, sizes, stamp)

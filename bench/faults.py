@@ -3,7 +3,7 @@ received, lost and duplicated. Writes docs/reliability.md and bench/results/faul
 runs the abuse suite (bench/abuse.py), which writes the page's Abuse section.
 
     uv run python -m bench.faults                      # every scenario, then the abuse suite
-                                                       # (about 6 + 6 minutes)
+                                                       # (about 6 + 5 minutes)
     uv run python -m bench.faults --scenario redis     # one of: redis, worker, postgres, smtp,
                                                        # abuse (repeatable)
 
