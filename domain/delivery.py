@@ -17,7 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.ids import new_id
 from domain.models import Delivery, Message, Staff, Ticket, TicketEvent
-from domain.notifications import Audience, Notice, Recipient, notice_for, recipients_for
+from domain.notifications import (
+    EMAIL,
+    SLACK,
+    Audience,
+    Notice,
+    Recipient,
+    notice_for,
+    recipients_for,
+)
 
 log = structlog.get_logger("domain.delivery")
 
@@ -199,8 +207,8 @@ async def plan_deliveries(
         return DeliveryPlan([], event)
     audience = Audience(
         team_emails=config.team_emails,
-        email_enabled="email" in config.channels,
-        slack_enabled="slack" in config.channels,
+        email_enabled=EMAIL in config.channels,
+        slack_enabled=SLACK in config.channels,
         assignee_email=assignee_email if ticket.assignee_id else None,
     )
     recipients = recipients_for(event, ticket, audience)

@@ -37,7 +37,8 @@ DELIVERY_BATCH = 25  # ledger rows per delivery message (an event's recipients, 
     time_limit=30_000,
 )
 async def dispatch_event(event_id: str) -> None:
-    """Record who must hear of an event (ledger rows) and queue their delivery in one message."""
+    """Record who must hear of an event (ledger rows) and queue their delivery, in as few
+    messages as DELIVERY_BATCH allows (usually one)."""
     rt = runtime()
     async with rt.sessionmaker() as session:
         plan = await plan_deliveries(session, event_id, rt.delivery, rt.clock())
