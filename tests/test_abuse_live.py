@@ -73,7 +73,7 @@ def _bad_tokens(r: abuse.CaseResult) -> None:
 
 
 def _still_open(r: abuse.CaseResult) -> None:
-    # The quick case ends (5 s) before Granian's 30 s header-read timeout: the server held
+    # The quick case ends (4 s) before Granian's 30 s header-read timeout: the server held
     # every connection, answered none, and the bystander was served meanwhile.
     assert r.outcomes == {"open when the client gave up": r.sent}
 
