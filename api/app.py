@@ -16,7 +16,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from api.auth import TokenVerifier
 from api.deps import EventPublisher, provide_caller, provide_service, provide_session
 from api.errors import EXCEPTION_HANDLERS
-from api.guards import authenticate, within_rate_limit
+from api.guards import authenticate, json_bodies_only, within_rate_limit
 from api.publisher import make_publisher
 from api.rate_limit import UserRateLimiter
 from api.request_log import request_log_middleware
@@ -60,12 +60,13 @@ def create_app(
                 await close()
             await app.state.engine.dispose()
 
-    # Every ticket route: the token is verified, then the caller's rate limit counted, before
-    # the body is read or a connection taken (the admin controller adds its own admin guard).
+    # Every ticket route: the token is verified, the caller's rate limit counted and a body's
+    # type checked before the body is read or a connection taken (the admin controller adds
+    # its admin guard after these).
     ticket_api = Router(
         path="/",
         route_handlers=[UserTicketController, AdminTicketController],
-        guards=[authenticate, within_rate_limit],
+        guards=[authenticate, within_rate_limit, json_bodies_only],
     )
     return Litestar(
         route_handlers=[ticket_api, healthz, readyz],

@@ -94,7 +94,14 @@ def on_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> 
     return error_response(400, "validation_error", message, details or None)
 
 
-def on_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    if exc.status_code >= HTTP_500_INTERNAL_SERVER_ERROR and "disconnected" in str(exc.detail):
+        # Litestar calls a body that stopped arriving a server error; it is the client's doing
+        # (it hung up, or its chunked body was not chunked): a 400 on the access line, no error.
+        note_refusal_reason(request.scope, "request body ended early")
+        return error_response(
+            HTTP_400_BAD_REQUEST, "bad_request", "malformed request: the body ended early"
+        )
     code = _CODES.get(exc.status_code, "error")
     headers = dict(exc.headers or {})
     if exc.status_code == HTTP_401_UNAUTHORIZED:

@@ -1,9 +1,10 @@
 """Who may call a route, decided before the request reads its body or takes a connection.
 
 Litestar runs guards in layer order (app, router, controller, handler) before it resolves any
-dependency, so a refused request (401, 429, 403) never holds a database slot. The app factory
-puts :func:`authenticate` and :func:`within_rate_limit` on the API router; the admin
-controller adds :func:`admin_only`. Handlers then read the caller with ``CallerDep``.
+dependency, so a refused request (401, 429, 415, 403) never holds a database slot. The app
+factory puts :func:`authenticate`, :func:`within_rate_limit` and :func:`json_bodies_only` on
+the API router; the admin controller adds :func:`admin_only`. Handlers read the caller with
+``CallerDep``.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from litestar.connection import ASGIConnection
-from litestar.exceptions import PermissionDeniedException
+from litestar.exceptions import HTTPException, PermissionDeniedException
 from litestar.handlers import BaseRouteHandler
+from litestar.status_codes import HTTP_415_UNSUPPORTED_MEDIA_TYPE
 
 from api.auth import TokenVerifier, bearer_token
 from api.rate_limit import UserRateLimiter
@@ -39,6 +41,22 @@ async def within_rate_limit(connection: Connection, _: BaseRouteHandler) -> None
 async def admin_only(connection: Connection, _: BaseRouteHandler) -> None:
     if not authenticated_caller(connection).is_admin:
         raise PermissionDeniedException("this endpoint is for the support team (admin role)")
+
+
+def _is_json(content_type: str) -> bool:
+    media_type = content_type.partition(";")[0].strip().lower()
+    return media_type == "application/json" or media_type.endswith("+json")
+
+
+async def json_bodies_only(connection: Connection, _: BaseRouteHandler) -> None:
+    """A request that sends a body must say it is JSON (415 otherwise), before it is read."""
+    headers = connection.headers
+    has_body = headers.get("content-length", "0") != "0" or "transfer-encoding" in headers
+    if has_body and not _is_json(headers.get("content-type", "")):
+        raise HTTPException(
+            status_code=HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            detail="request bodies must be JSON: send Content-Type: application/json",
+        )
 
 
 def authenticated_caller(connection: Connection) -> Caller:

@@ -51,6 +51,11 @@ CONFLICT = _spec(
 TOO_LARGE = _spec(
     "The request body is over the size limit.", "payload_too_large", "Request Entity Too Large"
 )
+NOT_JSON = _spec(
+    "The request has a body whose Content-Type is not JSON.",
+    "unsupported_media_type",
+    "request bodies must be JSON: send Content-Type: application/json",
+)
 RATE_LIMITED = _spec(
     "Too many requests; retry after the number of seconds in Retry-After.",
     "rate_limited",
@@ -66,7 +71,7 @@ _COMMON = {401: UNAUTHORIZED, 429: RATE_LIMITED, 503: UNAVAILABLE}
 
 READ = {**_COMMON, 400: BAD_REQUEST}
 READ_ONE = {**_COMMON, 404: NOT_FOUND}
-WRITE = {**_COMMON, 400: BAD_REQUEST, 413: TOO_LARGE}
+WRITE = {**_COMMON, 400: BAD_REQUEST, 413: TOO_LARGE, 415: NOT_JSON}
 WRITE_ONE = {**WRITE, 404: NOT_FOUND, 409: CONFLICT}
 
 

@@ -160,13 +160,6 @@ def test_one_abusive_client_hurts_no_one_else(suite: abuse.Suite, clean_db: str,
     assert r.problems == [] or all("known API bug" in p for p in r.problems), r.problems
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="API bug, left to the API's owners: a request body the server cannot read (a client "
-    "that disconnects mid-body, or invalid chunked encoding) is answered 500 and logged at error "
-    "level ('client disconnected prematurely') instead of a 4xx logged at info",
-)
 def test_a_body_that_never_arrives_is_the_clients_fault(suite: abuse.Suite) -> None:
     slow, bodies = suite.run("slow-body"), suite.run("hostile-bodies")
     assert _statuses(bodies, "invalid chunked encoding") == {"400"}
