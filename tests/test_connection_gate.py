@@ -79,3 +79,18 @@ async def test_api_answers_503_with_retry_after_when_no_connection_frees_up(
         assert busy.headers.get("retry-after")
         assert busy.json()["success"] is False
     assert (await client.get("/v1/support/tickets", headers=token)).status_code == 200
+
+
+async def test_readyz_says_unavailable_while_no_slot_frees_up_and_healthz_stays_up(
+    client: AsyncTestClient[Any],
+) -> None:
+    """A process whose requests cannot get a connection must leave the load balancer."""
+    assert (await client.get("/readyz")).status_code == 200
+    gate = client.app.state.connection_gate
+    async with AsyncExitStack() as held:
+        await _hold_every_slot(gate, held)
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.headers.get("retry-after")
+        assert (await client.get("/healthz")).status_code == 200
+    assert (await client.get("/readyz")).status_code == 200
