@@ -11,12 +11,17 @@ latency figures are the benchmark's (``python -m bench.abuse``, docs/reliability
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections.abc import Iterator
 
+import httpx
+import psycopg
 import pytest
 import redis
 
 from bench import abuse
+from domain.events import MESSAGE_CREATED
 from tests.conftest import TEST_REDIS_URL, TokenFactory
 
 pytestmark = pytest.mark.slow
@@ -198,3 +203,81 @@ def test_a_client_holding_a_thousand_connections_does_not_lock_out_new_clients(
     if after != "200":  # not the known limitation: the server did not come back
         raise RuntimeError(f"after the connections were released a new client got {after}")
     assert during == "200"
+
+
+async def _replies_that_hang_up(port: int, path: str, tokens: list[str], count: int) -> None:
+    body = json.dumps({"body": "are you there?"}).encode()
+    writers = []
+    for n in range(count):
+        # Spread over several agents, each under the rate limit, so all of them reach the database.
+        request = abuse.http_request("POST", path, token=tokens[n % len(tokens)], body=body)
+        _, writer = await abuse._connect(port, 10.0)
+        writer.write(request)
+        writers.append(writer)
+    await asyncio.sleep(0.5)  # the server has them: waiting for a slot or for the row lock
+    for writer in writers:
+        abuse._abort(writer)
+
+
+def test_clients_that_hang_up_while_waiting_for_the_database_hold_nothing_afterwards(
+    suite: abuse.Suite, make_token: TokenFactory
+) -> None:
+    """200 agent replies to one ticket wait (on the gate, then on the ticket's row lock held by
+    another transaction) and their clients hang up; once the lock goes, nothing stays held."""
+    target = suite.target
+    token = make_token("hang-up-owner")
+    headers = {"Authorization": f"Bearer {token}"}
+    created = httpx.post(
+        f"{target.base_url}/v1/support/tickets",
+        json={"subject": "s", "body": "b"},
+        headers=headers,
+        timeout=10,
+    )
+    ticket_id = created.json()["id"]
+    log_before = len(target.api.output())
+    with psycopg.connect(target.database_url) as locker:
+        locker.execute("SELECT 1 FROM tickets WHERE id = %s FOR UPDATE", (ticket_id,))
+        path = f"/v1/admin/support/tickets/{ticket_id}/messages"
+        agents = [make_token(f"hang-up-agent-{n}", admin=True) for n in range(5)]
+        abuse.run_async(_replies_that_hang_up(target.port, path, agents, 200))
+        locker.rollback()
+    with psycopg.connect(target.database_url, autocommit=True) as db:
+        for _ in range(100):  # the abandoned requests finish (or not) once the lock is gone
+            busy = db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'helpdesk' "
+                "AND state <> 'idle'"
+            ).fetchone()
+            if busy == (0,):
+                break
+            time.sleep(0.1)
+        assert busy == (0,)
+        # Whole or not at all: every reply that was written has its event.
+        replies, events = db.execute(
+            "SELECT (SELECT count(*) - 1 FROM messages WHERE ticket_id = %(t)s),"
+            " (SELECT count(*) FROM ticket_events WHERE ticket_id = %(t)s"
+            "  AND type = %(type)s)",
+            {"t": ticket_id, "type": MESSAGE_CREATED},
+        ).fetchone() or (None, None)
+        assert replies == events
+    assert httpx.get(f"{target.base_url}/readyz", timeout=10).status_code == 200
+    assert (
+        httpx.get(f"{target.base_url}/v1/support/tickets", headers=headers, timeout=10).status_code
+        == 200
+    )
+    others = [make_token(f"hang-up-bystander-{n}") for n in range(60)]
+    burst = abuse.run_async(_burst(target.base_url, others))
+    assert burst == {200}
+    new_lines = target.api.output()[log_before:]
+    assert abuse.scan_log(new_lines).error_lines == []
+
+
+async def _burst(base_url: str, tokens: list[str]) -> set[int]:
+    """One request per user, all at once: more than the connection gates admit together."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
+        answers = await asyncio.gather(
+            *(
+                client.get("/v1/support/tickets", headers={"Authorization": f"Bearer {token}"})
+                for token in tokens
+            )
+        )
+    return {answer.status_code for answer in answers}
