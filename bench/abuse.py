@@ -73,9 +73,6 @@ BYSTANDER_AFTER_S = 1.0  # the bystander goes on this long after each attack
 # Memory the server's process tree may keep after a case (allocator arenas, caches) before
 # the case counts as not having given its memory back.
 RSS_TOLERANCE_MB = 32.0
-# The access line of a request whose body never fully arrived (Litestar: "client disconnected
-# prematurely", answered 500 and logged at error level): see KNOWN_BUGS.
-DISCONNECT_ERROR = "client disconnected prematurely"
 T = TypeVar("T")
 
 
@@ -461,9 +458,6 @@ def tickets_of(database_url: str, user_prefix: str) -> int:
 class LogScan:
     lines: int = 0
     error_lines: list[str] = field(default_factory=list)
-    # Error lines that belong to a request Litestar failed with "client disconnected
-    # prematurely" (KNOWN_BUGS): counted apart so the other errors stay visible.
-    known_bug_lines: list[str] = field(default_factory=list)
     warnings: dict[str, int] = field(default_factory=dict)
 
 
@@ -471,8 +465,6 @@ def scan_log(text: str) -> LogScan:
     """Error-level lines and tracebacks in the server's output (JSON lines from our processes,
     plain lines from Granian's main process), and warning lines counted by event and status."""
     scan = LogScan()
-    disconnected: set[str] = set()
-    errors: list[tuple[str | None, str]] = []
     warnings: Counter[str] = Counter()
     for line in text.splitlines():
         if not line.strip():
@@ -484,22 +476,16 @@ def scan_log(text: str) -> LogScan:
             record = None
         if not isinstance(record, dict):
             if "Traceback" in line or re.search(r"\b(ERROR|CRITICAL|panicked)\b", line):
-                errors.append((None, line))
+                scan.error_lines.append(line[:500])
             continue
         level = str(record.get("level", "")).lower()
         if level in ("error", "critical", "exception", "fatal") or "Traceback" in line:
-            request_id = record.get("request_id")
-            if DISCONNECT_ERROR in str(record.get("error", "")) and request_id:
-                disconnected.add(str(request_id))
-            errors.append((str(request_id) if request_id else None, line))
+            scan.error_lines.append(line[:500])
         elif level == "warning":
             key = str(record.get("event", "?"))
             if "status" in record:
                 key += f" {record['status']}"
             warnings[key] += 1
-    for request_id, line in errors:
-        bucket = scan.known_bug_lines if request_id in disconnected else scan.error_lines
-        bucket.append(line[:500])
     scan.warnings = dict(warnings)
     return scan
 
@@ -1368,15 +1354,6 @@ CASE_NAMES = list(CASES)
 
 # API misbehaviour this suite found and left to the API's owners (see docs/reliability.md):
 # outcome kinds whose observed status differs from the expected one because of it.
-KNOWN_BUGS = {
-    "invalid chunked encoding": (
-        "a body the server cannot read (bad chunked encoding, or a client that disconnects "
-        "mid-body) is answered 500 and logged at error level (http.server_error 'client "
-        "disconnected prematurely' and an error access line) instead of a 4xx at info level"
-    ),
-}
-
-
 # -- running a case ----------------------------------------------------------------------------
 
 
@@ -1556,9 +1533,7 @@ def run_case(
         log={
             "lines": log.lines,
             "error_lines": len(log.error_lines),
-            "known_bug_error_lines": len(log.known_bug_lines),
             "error_samples": log.error_lines[:5],
-            "known_bug_samples": log.known_bug_lines[:2],
             "warnings": log.warnings,
         },
         notes=attack.notes,
@@ -1573,8 +1548,7 @@ def problems(r: CaseResult) -> list[str]:
     """Everything in ``r`` that says the attack hurt the service or someone else."""
     found = []
     for kind, outcomes in r.unexpected.items():
-        bug = " (known API bug)" if kind in KNOWN_BUGS else ""
-        found.append(f"unexpected answers to '{kind}'{bug}: {outcomes}")
+        found.append(f"unexpected answers to '{kind}': {outcomes}")
     if r.bystander["non_2xx"]:
         found.append(f"the bystander saw non-2xx: {r.bystander['non_2xx']}")
     if r.bystander["creates_unanswered"]:
@@ -1608,11 +1582,6 @@ def problems(r: CaseResult) -> list[str]:
         found.append(f"a burst of bystander requests after the case got {r.after['burst']}")
     if r.log["error_lines"]:
         found.append(f"{r.log['error_lines']} error lines in the server log")
-    if r.log["known_bug_error_lines"]:
-        found.append(
-            f"{r.log['known_bug_error_lines']} error lines for requests whose body never fully "
-            "arrived (known API bug: 'client disconnected prematurely' logged as a 500)"
-        )
     return found
 
 
@@ -1673,14 +1642,7 @@ def _resources_cell(r: CaseResult) -> str:
 
 
 def _errors_cell(r: CaseResult) -> str:
-    errors = r.log["error_lines"]
-    known = r.log["known_bug_error_lines"]
-    if not errors and not known:
-        return "0"
-    parts = [str(errors)]
-    if known:
-        parts.append(f"+ {known} 'client disconnected prematurely' (API bug)")
-    return " ".join(parts)
+    return str(r.log["error_lines"])
 
 
 DEFENDED = """\
@@ -1720,12 +1682,8 @@ DEFENDED = """\
 - **Clients that hang up**: what they asked for is still done, whole (a create is committed
   with its message and event, or not at all), nothing is logged at error level and nothing is
   held afterwards.
-- **API bug, not fixed here: a body that never arrives is called a server error.** When the
-  client disconnects mid-body, or sends `Transfer-Encoding: chunked` with a body that is not
-  chunked, Litestar raises "client disconnected prematurely" as a 500; the API answers 500 (if
-  the client is still there) and logs two error lines (`http.server_error` and the access
-  line at error level) for what is the client's doing. Nothing else is harmed (no slot held,
-  nothing written). `tests/test_abuse_live.py` keeps it as a strict xfail.
+- **A body that never arrives** (the client hangs up mid-body, or sends `Transfer-Encoding:
+  chunked` with a body that is not chunked) is the client's doing: 400, logged at info.
 """
 
 

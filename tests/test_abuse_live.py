@@ -89,7 +89,7 @@ def _idle_keepalive(r: abuse.CaseResult) -> None:
 
 def _hostile_bodies(r: abuse.CaseResult) -> None:
     # Every kind of body gets one and the same answer each time.
-    assert all(len(v) == 1 for k, v in r.by_kind.items() if k not in abuse.KNOWN_BUGS)
+    assert all(len(v) == 1 for k, v in r.by_kind.items())
     assert _statuses(r, "64 kB of nested arrays", "invalid UTF-8", "raw NUL byte in subject") == {
         "400"
     }
@@ -131,13 +131,12 @@ def test_one_abusive_client_hurts_no_one_else(suite: abuse.Suite, clean_db: str,
     r = suite.run(case)
     assert r.sent > 0
 
-    # Answers: what each kind of abuse must get, no 5xx (except the known bug, tested below).
-    unexpected = {k: v for k, v in r.unexpected.items() if k not in abuse.KNOWN_BUGS}
-    assert unexpected == {}, r.by_kind
+    # Answers: what each kind of abuse must get, and no 5xx.
+    assert r.unexpected == {}, r.by_kind
     server_errors = {
         kind: outcomes
         for kind, outcomes in r.by_kind.items()
-        if kind not in abuse.KNOWN_BUGS and any(o.startswith("5") for o in outcomes)
+        if any(o.startswith("5") for o in outcomes)
     }
     assert server_errors == {}
     CASE_CHECKS[case](r)
@@ -160,16 +159,16 @@ def test_one_abusive_client_hurts_no_one_else(suite: abuse.Suite, clean_db: str,
     assert r.after["bystander_request"] == "200"
     assert r.after["burst"] == {"200": sum(r.after["burst"].values())}
 
-    # No error line or traceback in the server's log (the known bug's lines are counted apart).
+    # No error line or traceback in the server's log, and nothing else the suite calls a problem.
     assert r.log["error_lines"] == 0, r.log["error_samples"]
-    assert r.problems == [] or all("known API bug" in p for p in r.problems), r.problems
+    assert r.problems == [], r.problems
 
 
 def test_a_body_that_never_arrives_is_the_clients_fault(suite: abuse.Suite) -> None:
     slow, bodies = suite.run("slow-body"), suite.run("hostile-bodies")
     assert _statuses(bodies, "invalid chunked encoding") == {"400"}
-    assert slow.log["known_bug_error_lines"] == 0
-    assert bodies.log["known_bug_error_lines"] == 0
+    assert slow.log["error_lines"] == 0
+    assert bodies.log["error_lines"] == 0
 
 
 async def _new_client_while_connections_are_held(port: int, held: int) -> tuple[str, str]:
