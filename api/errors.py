@@ -30,6 +30,8 @@ _JSON_PATH = re.compile(r" - at `\$\.?([^`]*)`")
 _FIELD = re.compile(r"^`(\w+)`")
 _NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]*)`")
 
+# Litestar's detail for a body that stopped arriving (litestar.connection.Request.stream).
+BODY_ENDED_EARLY = "client disconnected prematurely"
 _CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -95,7 +97,7 @@ def on_validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> 
 
 
 def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
-    if exc.status_code >= HTTP_500_INTERNAL_SERVER_ERROR and "disconnected" in str(exc.detail):
+    if exc.detail == BODY_ENDED_EARLY:
         # Litestar calls a body that stopped arriving a server error; it is the client's doing
         # (it hung up, or its chunked body was not chunked): a 400 on the access line, no error.
         note_refusal_reason(request.scope, "request body ended early")

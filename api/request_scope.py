@@ -4,7 +4,7 @@ Litestar closes generator dependencies only when every dependency of the handler
 sibling dependency or a guard that raises after a generator dependency started (a 401, a 429)
 leaves that generator to the garbage collector, which closes it in another task, where its
 clean-up fails and the connection-gate slot it held is never given back. Enough such refusals
-wedged the whole API. So no dependency here is a generator (``tests/test_request_resources.py``
+wedged the whole API. So no dependency here is a generator (``tests/test_route_guards.py``
 walks the app to keep it so): a provider enters its resources into the request's exit stack,
 and this middleware closes that stack when the response starts, and again, at the latest,
 when the request ends for any reason (an exception, a client that hung up, a cancelled task).
@@ -71,6 +71,3 @@ def request_resources_middleware(app: ASGIApp) -> ASGIApp:
             await resources.release()
 
     return middleware
-
-
-__all__ = ["RequestResources", "request_resources", "request_resources_middleware"]

@@ -45,19 +45,17 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import httpx
-import jwt
 import psycopg
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench.common import HOST, RESULTS_DIR, ROOT, free_port, git_state, summary_ms
 from bench.faults import flush_redis, fresh_database
 from domain.db import pool_capacity
 from domain.settings import load_settings
 from tests.processes import ApiServer
+from tests.tokens import TokenFactory, key_signer, new_rsa_key, public_pem_of
 
 DATABASE_URL = "postgresql://root@127.0.0.1:5432/helpdesk_abuse"
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -74,20 +72,6 @@ BYSTANDER_AFTER_S = 1.0  # the bystander goes on this long after each attack
 # the case counts as not having given its memory back.
 RSS_TOLERANCE_MB = 32.0
 T = TypeVar("T")
-
-
-class TokenFactory(Protocol):
-    """Signs a token the server trusts (tests pass conftest's ``make_token``)."""
-
-    def __call__(
-        self,
-        sub: str | None,
-        *,
-        admin: bool = False,
-        email: str | None = None,
-        exp_in: int = 3600,
-        **claims: Any,
-    ) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -151,42 +135,6 @@ QUICK = Sizes(
 
 
 # -- tokens -----------------------------------------------------------------------------------
-
-
-def _rsa_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _public_pem(key: rsa.RSAPrivateKey) -> str:
-    return (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-
-
-def key_signer(key: rsa.RSAPrivateKey) -> TokenFactory:
-    """A token factory for ``key`` with the same signature as the tests' ``make_token``."""
-
-    def factory(
-        sub: str | None,
-        *,
-        admin: bool = False,
-        email: str | None = None,
-        exp_in: int = 3600,
-        **claims: Any,
-    ) -> str:
-        now = int(time.time())
-        payload: dict[str, Any] = {"iat": now, "exp": now + exp_in, **claims}
-        if sub is not None:
-            payload["sub"] = sub
-        if admin:
-            payload["role"] = "admin"
-        if email:
-            payload["email"] = email
-        return jwt.encode(payload, key, algorithm="RS256")
-
-    return factory
 
 
 def _b64(data: bytes) -> str:
@@ -789,7 +737,7 @@ async def attack_rate_limit(ctx: CaseContext) -> AttackResult:
 async def attack_bad_tokens(ctx: CaseContext) -> AttackResult:
     """Tokens the server must refuse (401), 32 at a time, on lists, creates and admin lists."""
     target = ctx.target
-    foreign = _rsa_key()
+    foreign = new_rsa_key()
     forge = key_signer(foreign)
     user = f"{ctx.user_prefix}victim"
     forged_users = [
@@ -1804,11 +1752,11 @@ def run_suite(names: list[str], sizes: Sizes) -> list[CaseResult]:
     """Start a server on the benchmark database and run ``names``; print each result."""
     fresh_database(DATABASE_URL)
     flush_redis(REDIS_URL)
-    key = _rsa_key()
+    key = new_rsa_key()
     target = Target.start(
         database_url=DATABASE_URL,
         redis_url=REDIS_URL,
-        public_pem=_public_pem(key),
+        public_pem=public_pem_of(key),
         sign=key_signer(key),
     )
     suite: Suite | None = None

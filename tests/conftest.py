@@ -5,17 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
-import jwt
 import psycopg
 import pytest
 import redis
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from litestar.testing import AsyncTestClient
 
@@ -24,6 +21,7 @@ from api.cli import ensure_database, migrate
 from domain.settings import Settings, load_settings
 from tests.processes import ServiceProcess
 from tests.sinks import HttpSink, SmtpSink
+from tests.tokens import TokenFactory, key_signer, new_rsa_key, public_pem_of
 
 TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/helpdesk_test"
@@ -106,45 +104,18 @@ def redis_client() -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def rsa_private_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return new_rsa_key()
 
 
 @pytest.fixture(scope="session")
 def public_pem(rsa_private_key: rsa.RSAPrivateKey) -> str:
-    return (
-        rsa_private_key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-
-
-TokenFactory = Callable[..., str]
+    return public_pem_of(rsa_private_key)
 
 
 @pytest.fixture(scope="session")
 def make_token(rsa_private_key: rsa.RSAPrivateKey) -> TokenFactory:
     """``make_token("alice", admin=True, email="a@example.com", exp_in=60, **extra_claims)``."""
-
-    def factory(
-        sub: str | None,
-        *,
-        admin: bool = False,
-        email: str | None = None,
-        exp_in: int = 3600,
-        **claims: Any,
-    ) -> str:
-        now = int(time.time())
-        payload: dict[str, Any] = {"iat": now, "exp": now + exp_in}
-        if sub is not None:
-            payload["sub"] = sub
-        if admin:
-            payload["role"] = "admin"
-        if email:
-            payload["email"] = email
-        payload.update(claims)
-        return jwt.encode(payload, rsa_private_key, algorithm="RS256")
-
-    return factory
+    return key_signer(rsa_private_key)
 
 
 def auth(token: str) -> dict[str, str]:
