@@ -219,7 +219,7 @@ async def _replies_that_hang_up(port: int, path: str, tokens: list[str], count: 
 
 
 def test_clients_that_hang_up_while_waiting_for_the_database_hold_nothing_afterwards(
-    suite: abuse.Suite, make_token: TokenFactory
+    suite: abuse.Suite, make_token: TokenFactory, clean_db: str
 ) -> None:
     """200 agent replies to one ticket wait (on the gate, then on the ticket's row lock held by
     another transaction) and their clients hang up; once the lock goes, nothing stays held."""
