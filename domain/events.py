@@ -1,63 +1,112 @@
-"""Domain events: recorded in ``ticket_events`` in the writer's transaction, published later."""
+"""Domain events: what a change to a ticket caused, written to ``ticket_events`` (the audit trail
+and the outbox) in the writer's transaction, and published after its commit.
+
+One path: the ticket's methods return :class:`NewEvent` values; :func:`write` is the only code
+that inserts event rows, and it remembers their ids on the session; whoever commits the session
+takes them with :func:`take_pending_event_ids` and hands them to the publisher.
+"""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 import structlog
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.ids import new_id
-from domain.models import TicketEvent
 
-TICKET_CREATED = "ticket.created"
-MESSAGE_CREATED = "message.created"
-TICKET_UPDATED = "ticket.updated"
-TICKET_CLOSED = "ticket.closed"
-TICKET_SLA_BREACHED = "ticket.sla_breached"
+
+class EventType(StrEnum):
+    TICKET_CREATED = "ticket.created"
+    MESSAGE_CREATED = "message.created"
+    TICKET_UPDATED = "ticket.updated"
+    TICKET_CLOSED = "ticket.closed"
+    TICKET_SLA_BREACHED = "ticket.sla_breached"
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event a ticket's method caused, not yet written. ``actor_id`` is None for the
+    service's own timers (auto-close, SLA breach)."""
+
+    ticket_id: str
+    type: EventType
+    payload: dict[str, Any]
+    at: datetime
+    actor_id: str | None = None
+    actor_is_admin: bool = False
+    id: str = field(default_factory=new_id)
+
 
 _PENDING_KEY = "pending_event_ids"
 
 
-def record_event(
-    session: AsyncSession,
-    *,
-    ticket_id: str,
-    type: str,
-    actor_id: str | None,
-    actor_is_admin: bool,
-    payload: dict[str, Any],
-    now: datetime,
-    add: bool = True,
-) -> TicketEvent:
-    """Add one event row to the session's transaction and remember it for publishing after commit.
-
-    The request id of the HTTP request that caused it (bound in structlog's context) is kept on
-    the row, so logs of the notification it triggers can be traced back. ``add=False`` leaves
-    the row out of the session for a caller that inserts it with its own statement.
-    """
-    request_id = structlog.contextvars.get_contextvars().get("request_id")
-    event = TicketEvent(
-        id=new_id(),
-        ticket_id=ticket_id,
-        type=type,
-        actor_id=actor_id,
-        actor_is_admin=actor_is_admin,
-        payload=payload,
-        request_id=request_id,
-        created_at=now,
-        published_at=None,
-        publish_count=0,
-        completed_at=None,
+def insert_statement(ctes: str = "") -> TextClause:
+    """The one INSERT of event rows, optionally after ``ctes`` (``WITH ...``) that write other
+    rows in the same statement. The rows go in as arrays, so the text is the same whatever their
+    number (prepared once) and a batch of a thousand is one round trip."""
+    return text(
+        f"""{ctes}
+        INSERT INTO ticket_events
+            (id, ticket_id, type, actor_id, actor_is_admin, payload, request_id, created_at,
+             publish_count)
+        SELECT e.id, e.ticket_id, e.type, e.actor_id, e.actor_is_admin, e.payload,
+               :e_request_id, e.created_at, 0
+        FROM unnest(
+            CAST(:e_ids AS varchar[]), CAST(:e_ticket_ids AS varchar[]),
+            CAST(:e_types AS varchar[]), CAST(:e_actor_ids AS varchar[]),
+            CAST(:e_actor_is_admin AS boolean[]), CAST(:e_payloads AS jsonb[]),
+            CAST(:e_created_at AS timestamptz[])
+        ) AS e (id, ticket_id, type, actor_id, actor_is_admin, payload, created_at)
+        """
     )
-    if add:
-        session.add(event)
-    session.info.setdefault(_PENDING_KEY, []).append(event.id)
-    return event
+
+
+_INSERT_EVENTS = insert_statement()
+
+
+async def write(
+    session: AsyncSession,
+    new_events: Sequence[NewEvent],
+    *,
+    statement: TextClause = _INSERT_EVENTS,
+    params: dict[str, Any] | None = None,
+) -> list[str]:
+    """Insert ``new_events`` in the session's transaction and remember their ids for publishing
+    after commit; returns the ids. ``statement`` (from :func:`insert_statement`) and ``params``
+    let a caller write other rows in the same statement.
+
+    The request id of the HTTP request that caused them (bound in structlog's context) is kept
+    on each row, so the logs of the notifications they trigger can be traced back.
+    """
+    if not new_events:
+        return []
+    ids = [event.id for event in new_events]
+    await session.execute(
+        statement,
+        {
+            **(params or {}),
+            "e_request_id": structlog.contextvars.get_contextvars().get("request_id"),
+            "e_ids": ids,
+            "e_ticket_ids": [event.ticket_id for event in new_events],
+            "e_types": [event.type.value for event in new_events],
+            "e_actor_ids": [event.actor_id for event in new_events],
+            "e_actor_is_admin": [event.actor_is_admin for event in new_events],
+            "e_payloads": [json.dumps(event.payload) for event in new_events],
+            "e_created_at": [event.at for event in new_events],
+        },
+    )
+    session.info.setdefault(_PENDING_KEY, []).extend(ids)
+    return ids
 
 
 def take_pending_event_ids(session: AsyncSession) -> list[str]:
-    """The ids of events recorded in this session since the last call (call after commit)."""
+    """The ids of events written in this session since the last call (call after commit)."""
     ids: list[str] = session.info.pop(_PENDING_KEY, [])
     return ids

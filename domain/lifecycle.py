@@ -11,7 +11,9 @@ ticket reopens it to open.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from domain.errors import InvalidTransition, TicketClosed
 
@@ -35,6 +37,23 @@ class Category(StrEnum):
     TECHNICAL = "technical"
     ACCOUNT = "account"
     OTHER = "other"
+
+
+class CloseReason(StrEnum):
+    """Who closed a ticket, as the ``ticket.closed`` event says."""
+
+    USER = "user"
+    ADMIN = "admin"
+    AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is acting: the token's subject, whether it is an admin, and its email if it had one."""
+
+    user_id: str
+    is_admin: bool = False
+    email: str | None = None
 
 
 class Trigger(StrEnum):
@@ -86,3 +105,20 @@ def check_transition(trigger: Trigger, current: Status, requested: Status) -> No
         raise TicketClosed(requested.value)
     if not can_transition(trigger, current, requested):
         raise InvalidTransition(current.value, requested.value)
+
+
+_UNSET: Any = object()
+UNSET = _UNSET
+
+
+@dataclass(frozen=True)
+class TicketChanges:
+    """An admin's PATCH; ``UNSET`` fields are not touched (``assignee_id=None`` unassigns)."""
+
+    status: Status | None = None
+    priority: Priority | None = None
+    assignee_id: str | None = field(default=_UNSET)
+
+    @property
+    def assigns(self) -> bool:
+        return self.assignee_id is not _UNSET

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from domain import events
+from domain.events import EventType
 from domain.lifecycle import Category, Priority, Status
 from domain.models import Message, Ticket, TicketEvent
 
@@ -62,23 +62,23 @@ def recipients_for(event: TicketEvent, ticket: Ticket, audience: Audience) -> li
     """
     payload = event.payload or {}
     found: list[Recipient] = []
-    if event.type in (events.TICKET_CREATED, events.TICKET_SLA_BREACHED):
+    if event.type in (EventType.TICKET_CREATED, EventType.TICKET_SLA_BREACHED):
         found = _team(audience)
-    elif event.type == events.MESSAGE_CREATED:
+    elif event.type == EventType.MESSAGE_CREATED:
         if payload.get("is_admin"):
             found = _requester(ticket, audience)
         else:
             found = _team(audience)
             if audience.email_enabled and audience.assignee_email:
                 found.append(Recipient(EMAIL, audience.assignee_email))
-    elif event.type == events.TICKET_UPDATED:
+    elif event.type == EventType.TICKET_UPDATED:
         changes = payload.get("changes", {})
         new_status = changes.get("status", {}).get("new")
         if new_status in (Status.RESOLVED, Status.CLOSED) and event.actor_id != ticket.user_id:
             found += _requester(ticket, audience)
         if changes.get("priority", {}).get("new") == Priority.URGENT:
             found += _team(audience)
-    elif event.type == events.TICKET_CLOSED and event.actor_id != ticket.user_id:
+    elif event.type == EventType.TICKET_CLOSED and event.actor_id != ticket.user_id:
         found = _requester(ticket, audience)
     # One delivery per (channel, address), whatever the overlaps of the lists above.
     unique: dict[tuple[str, str], Recipient] = {}
@@ -131,15 +131,15 @@ class Notice:
 
 def _kind_of(event: TicketEvent) -> NoticeKind:
     payload = event.payload or {}
-    if event.type == events.TICKET_CREATED:
+    if event.type == EventType.TICKET_CREATED:
         return NoticeKind.NEW_TICKET
-    if event.type == events.TICKET_SLA_BREACHED:
+    if event.type == EventType.TICKET_SLA_BREACHED:
         return NoticeKind.SLA_BREACHED
-    if event.type == events.MESSAGE_CREATED:
+    if event.type == EventType.MESSAGE_CREATED:
         return NoticeKind.SUPPORT_REPLY if payload.get("is_admin") else NoticeKind.USER_REPLY
-    if event.type == events.TICKET_CLOSED:
+    if event.type == EventType.TICKET_CLOSED:
         return NoticeKind.AUTO_CLOSED if payload.get("reason") == "auto" else NoticeKind.CLOSED
-    if event.type == events.TICKET_UPDATED:
+    if event.type == EventType.TICKET_UPDATED:
         changes = payload.get("changes", {})
         new_status = changes.get("status", {}).get("new")
         if new_status == Status.RESOLVED:

@@ -1,11 +1,13 @@
-"""Ticket use cases shared by the API and the workers. Each takes a session and leaves the commit
-to the caller, so a use case and the events it records land in one transaction."""
+"""Ticket use cases shared by the API and the workers. Each loads (and locks) the ticket, calls
+one of its methods (domain/models.py: the rules live there), and saves what the method changed
+and the events it returned, leaving the commit to the caller: a use case and its events land in
+one transaction."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, cast
 
@@ -14,24 +16,18 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain import events
-from domain.errors import NotFound, TicketClosed
-from domain.ids import is_valid_id, new_id, utcnow
-from domain.lifecycle import Priority, Status, Trigger, check_transition
+from domain.errors import NotFound
+from domain.events import NewEvent
+from domain.ids import is_valid_id, utcnow
+from domain.lifecycle import Caller, CloseReason, Priority, Status, TicketChanges, Trigger
 from domain.models import Message, Staff, Ticket
-from domain.policies import TimePolicy, sla_applies, update_sla_clock
+from domain.policies import TimePolicy
 from domain.ticket_sql import INSERT_CREATED, insert_created_params
+
+__all__ = ["Caller", "Page", "TicketChanges", "TicketRow", "TicketService", "TicketView"]
 
 MAX_PER_PAGE = 100
 _TICKET_COLUMNS = tuple(Ticket.__table__.columns)
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who is acting: the token's subject, whether it is an admin, and its email if it had one."""
-
-    user_id: str
-    is_admin: bool = False
-    email: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,25 +63,6 @@ class Page:
     @property
     def total_pages(self) -> int:
         return math.ceil(self.total / self.per_page) if self.total else 0
-
-
-_UNSET: Any = object()
-
-
-@dataclass(frozen=True)
-class TicketChanges:
-    """An admin's PATCH; ``UNSET`` fields are not touched (``assignee_id=None`` unassigns)."""
-
-    status: Status | None = None
-    priority: Priority | None = None
-    assignee_id: str | None = field(default=_UNSET)
-
-    @property
-    def assigns(self) -> bool:
-        return self.assignee_id is not _UNSET
-
-
-UNSET = _UNSET
 
 
 async def remember_staff_email(session: AsyncSession, caller: Caller, now: datetime) -> None:
@@ -179,75 +156,42 @@ class TicketService:
         category: str | None,
         priority: Priority,
     ) -> TicketView:
-        now = self.clock()
-        ticket = Ticket(
-            id=new_id(),
-            user_id=caller.user_id,
-            requester_email=caller.email,
+        ticket, message, created = Ticket.open(
+            caller,
             subject=subject,
-            status=Status.OPEN.value,
-            priority=priority.value,
-            category=category,
-            assignee_id=None,
-            created_at=now,
-            updated_at=now,
-            resolved_at=None,
-            closed_at=None,
-            first_admin_reply_at=None,
-            sla_due_at=None,
-            sla_breached_at=None,
-        )
-        update_sla_clock(ticket, applied_before=False, now=now, policy=self.policy)
-        message = Message(
-            id=new_id(),
-            ticket_id=ticket.id,
-            author_id=caller.user_id,
-            is_admin=False,
             body=body,
-            created_at=now,
+            category=category,
+            priority=priority,
+            now=self.clock(),
+            policy=self.policy,
         )
-        event = events.record_event(
+        # The hottest write: the ticket, its message and its event in one statement (one round
+        # trip) instead of the unit of work's three INSERTs; the objects stay out of the
+        # session and only shape the response.
+        await events.write(
             session,
-            ticket_id=ticket.id,
-            type=events.TICKET_CREATED,
-            actor_id=caller.user_id,
-            actor_is_admin=False,
-            payload=self._created_payload(ticket, message),
-            now=now,
-            add=False,
+            created,
+            statement=INSERT_CREATED,
+            params=insert_created_params(ticket, message),
         )
-        # The hottest write: one statement (one round trip) instead of the unit of work's
-        # three INSERTs; the objects stay out of the session and only shape the response.
-        await session.execute(INSERT_CREATED, insert_created_params(ticket, message, event))
         return TicketView(ticket, [message])
 
     async def reply_as_owner(
         self, session: AsyncSession, ticket_id: str, caller: Caller, *, body: str
     ) -> Message:
         ticket = await self._owned(session, ticket_id, caller, lock=True)
-        now = self.clock()
-        current = Status(ticket.status)
-        if current is Status.CLOSED:
-            raise TicketClosed()
-        changes: dict[str, Any] = {}
-        if current is Status.RESOLVED:
-            # A reply to a resolved ticket means "not solved": reopen it (cancels auto-close).
-            applied_before = sla_applies(ticket)
-            self._set_status(ticket, Trigger.USER_REPLY, Status.OPEN, now, changes)
-            # Reopened while urgent and never answered: back on the first-response clock.
-            update_sla_clock(ticket, applied_before=applied_before, now=now, policy=self.policy)
-        if caller.email and ticket.requester_email != caller.email:
-            ticket.requester_email = caller.email
-        message = await self._add_message(session, ticket, caller, body, now)
-        if changes:
-            self._record_update(session, ticket, caller, changes, now)
+        message, new = ticket.reply_as_owner(caller, body, now=self.clock(), policy=self.policy)
+        await self._save(session, new, message)
         return message
 
     async def close_as_owner(
         self, session: AsyncSession, ticket_id: str, caller: Caller
     ) -> TicketView:
         ticket = await self._owned(session, ticket_id, caller, lock=True)
-        await self._close(session, ticket, caller, Trigger.OWNER_CLOSE, reason="user")
+        new = ticket.close(
+            caller, Trigger.OWNER_CLOSE, CloseReason.USER, now=self.clock(), policy=self.policy
+        )
+        await self._save(session, new)
         return TicketView(ticket, await self._messages(session, ticket.id))
 
     # -- admin writes --------------------------------------------------------------------------
@@ -256,155 +200,42 @@ class TicketService:
         self, session: AsyncSession, ticket_id: str, caller: Caller, *, body: str
     ) -> Message:
         ticket = await self._load(session, ticket_id, lock=True)
-        if ticket.status == Status.CLOSED:
-            raise TicketClosed()
         now = self.clock()
+        message, new = ticket.reply_as_agent(caller, body, now=now)
         await remember_staff_email(session, caller, now)
-        if ticket.first_admin_reply_at is None:
-            ticket.first_admin_reply_at = now  # meets the first-response SLA
-        return await self._add_message(session, ticket, caller, body, now)
+        await self._save(session, new, message)
+        return message
 
     async def update_as_admin(
         self, session: AsyncSession, ticket_id: str, caller: Caller, change: TicketChanges
     ) -> TicketView:
         ticket = await self._load(session, ticket_id, lock=True)
-        current = Status(ticket.status)
-        if current is Status.CLOSED:
-            raise TicketClosed(change.status.value if change.status is not None else None)
         now = self.clock()
+        new = ticket.change(change, caller, now=now, policy=self.policy)
         await remember_staff_email(session, caller, now)
-        applied_before = sla_applies(ticket)
-        changes: dict[str, Any] = {}
-        if change.priority is not None and change.priority.value != ticket.priority:
-            changes["priority"] = {"old": ticket.priority, "new": change.priority.value}
-            ticket.priority = change.priority.value
-        if change.assigns and change.assignee_id != ticket.assignee_id:
-            changes["assignee_id"] = {"old": ticket.assignee_id, "new": change.assignee_id}
-            ticket.assignee_id = change.assignee_id
-        if change.status is not None and change.status is not current:
-            check_transition(Trigger.ADMIN, current, change.status)
-            if change.status is Status.CLOSED:
-                # Other fields in the same request are applied first, then the ticket closes.
-                if changes:
-                    self._touch_and_record(session, ticket, caller, changes, now, applied_before)
-                await self._close(session, ticket, caller, Trigger.ADMIN, reason="admin")
-                return TicketView(ticket, await self._messages(session, ticket.id))
-            self._set_status(ticket, Trigger.ADMIN, change.status, now, changes)
-        if changes:
-            self._touch_and_record(session, ticket, caller, changes, now, applied_before)
+        await self._save(session, new)
         return TicketView(ticket, await self._messages(session, ticket.id))
+
+    # -- timers --------------------------------------------------------------------------------
+
+    async def breach_if_due(self, session: AsyncSession, ticket_id: str) -> list[str]:
+        """A wake-up for one urgent ticket's deadline: breach it if it is due and still unmet
+        (the sweep does the same for many at once in SQL, domain/timers.py)."""
+        ticket = await self._load(session, ticket_id, lock=True)
+        return await self._save(session, ticket.breach(now=self.clock()))
 
     # -- helpers -------------------------------------------------------------------------------
 
     @staticmethod
-    def _created_payload(ticket: Ticket, message: Message) -> dict[str, Any]:
-        payload: dict[str, Any] = {"message_id": message.id, "priority": ticket.priority}
-        if ticket.sla_due_at is not None:
-            # Full precision: a worker sets a wake-up message for this exact moment.
-            payload["sla_due_at"] = ticket.sla_due_at.isoformat()
-        return payload
-
-    def _touch_and_record(
-        self,
-        session: AsyncSession,
-        ticket: Ticket,
-        caller: Caller,
-        changes: dict[str, Any],
-        now: datetime,
-        applied_before: bool,
-    ) -> None:
-        update_sla_clock(ticket, applied_before=applied_before, now=now, policy=self.policy)
-        ticket.updated_at = now
-        self._record_update(session, ticket, caller, changes, now)
-
-    def _record_update(
-        self,
-        session: AsyncSession,
-        ticket: Ticket,
-        caller: Caller,
-        changes: dict[str, Any],
-        now: datetime,
-    ) -> None:
-        payload: dict[str, Any] = {"changes": changes}
-        if ticket.sla_due_at is not None:
-            payload["sla_due_at"] = ticket.sla_due_at.isoformat()
-        events.record_event(
-            session,
-            ticket_id=ticket.id,
-            type=events.TICKET_UPDATED,
-            actor_id=caller.user_id,
-            actor_is_admin=caller.is_admin,
-            payload=payload,
-            now=now,
-        )
-
-    def _set_status(
-        self,
-        ticket: Ticket,
-        trigger: Trigger,
-        requested: Status,
-        now: datetime,
-        changes: dict[str, Any],
-    ) -> None:
-        current = Status(ticket.status)
-        check_transition(trigger, current, requested)
-        changes["status"] = {"old": current.value, "new": requested.value}
-        ticket.status = requested.value
-        ticket.updated_at = now
-        # resolved_at drives auto-close: set on entering resolved, cleared on leaving it.
-        ticket.resolved_at = now if requested is Status.RESOLVED else None
-        if requested is Status.CLOSED:
-            ticket.closed_at = now
-
-    async def _close(
-        self,
-        session: AsyncSession,
-        ticket: Ticket,
-        caller: Caller,
-        trigger: Trigger,
-        *,
-        reason: str,
-    ) -> None:
-        now = self.clock()
-        applied_before = sla_applies(ticket)
-        previous = ticket.status
-        self._set_status(ticket, trigger, Status.CLOSED, now, {})
-        update_sla_clock(ticket, applied_before=applied_before, now=now, policy=self.policy)
-        events.record_event(
-            session,
-            ticket_id=ticket.id,
-            type=events.TICKET_CLOSED,
-            actor_id=caller.user_id,
-            actor_is_admin=caller.is_admin,
-            payload={"reason": reason, "previous_status": previous},
-            now=now,
-        )
+    async def _save(
+        session: AsyncSession, new: Sequence[NewEvent], message: Message | None = None
+    ) -> list[str]:
+        """Write what a ticket's method changed (the loaded ticket is in the session already)
+        and the events it returned."""
+        if message is not None:
+            session.add(message)
         await session.flush()
-
-    async def _add_message(
-        self, session: AsyncSession, ticket: Ticket, caller: Caller, body: str, now: datetime
-    ) -> Message:
-        message = Message(
-            id=new_id(),
-            ticket_id=ticket.id,
-            author_id=caller.user_id,
-            is_admin=caller.is_admin,
-            body=body,
-            created_at=now,
-        )
-        session.add(message)
-        ticket.updated_at = now
-        events.record_event(
-            session,
-            ticket_id=ticket.id,
-            type=events.MESSAGE_CREATED,
-            actor_id=caller.user_id,
-            actor_is_admin=caller.is_admin,
-            payload={"message_id": message.id, "is_admin": caller.is_admin},
-            now=now,
-        )
-        await session.flush()
-        return message
+        return await events.write(session, new)
 
     async def _load(self, session: AsyncSession, ticket_id: str, *, lock: bool) -> Ticket:
         if not is_valid_id(ticket_id):

@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from bench import abuse
-from domain.events import MESSAGE_CREATED
+from domain.events import EventType
 from tests.conftest import TEST_REDIS_URL, TokenFactory
 
 pytestmark = pytest.mark.slow
@@ -255,7 +255,7 @@ def test_clients_that_hang_up_while_waiting_for_the_database_hold_nothing_afterw
             "SELECT (SELECT count(*) - 1 FROM messages WHERE ticket_id = %(t)s),"
             " (SELECT count(*) FROM ticket_events WHERE ticket_id = %(t)s"
             "  AND type = %(type)s)",
-            {"t": ticket_id, "type": MESSAGE_CREATED},
+            {"t": ticket_id, "type": EventType.MESSAGE_CREATED},
         ).fetchone() or (None, None)
         assert replies == events
     assert httpx.get(f"{target.base_url}/readyz", timeout=10).status_code == 200

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from domain import events
+from domain.events import EventType
 from domain.lifecycle import Category, Priority, Status
 from domain.models import Message, Ticket, TicketEvent
 from domain.notifications import (
@@ -64,12 +64,12 @@ REQUESTER = {Recipient(EMAIL, "req@example.com")}
 @pytest.mark.parametrize(
     ("evt", "expected"),
     [
-        (event(events.TICKET_CREATED), TEAM_ALL),
-        (event(events.MESSAGE_CREATED, is_admin=False), TEAM_ALL),
-        (event(events.MESSAGE_CREATED, "agent", True, is_admin=True), REQUESTER),
+        (event(EventType.TICKET_CREATED), TEAM_ALL),
+        (event(EventType.MESSAGE_CREATED, is_admin=False), TEAM_ALL),
+        (event(EventType.MESSAGE_CREATED, "agent", True, is_admin=True), REQUESTER),
         (
             event(
-                events.TICKET_UPDATED,
+                EventType.TICKET_UPDATED,
                 "agent",
                 True,
                 changes={"status": {"old": "open", "new": "resolved"}},
@@ -78,7 +78,7 @@ REQUESTER = {Recipient(EMAIL, "req@example.com")}
         ),
         (
             event(
-                events.TICKET_UPDATED,
+                EventType.TICKET_UPDATED,
                 "agent",
                 True,
                 changes={"status": {"old": "open", "new": "in_progress"}},
@@ -87,7 +87,7 @@ REQUESTER = {Recipient(EMAIL, "req@example.com")}
         ),
         (
             event(
-                events.TICKET_UPDATED,
+                EventType.TICKET_UPDATED,
                 "agent",
                 True,
                 changes={"priority": {"old": "high", "new": "urgent"}},
@@ -96,17 +96,17 @@ REQUESTER = {Recipient(EMAIL, "req@example.com")}
         ),
         (
             event(
-                events.TICKET_UPDATED,
+                EventType.TICKET_UPDATED,
                 "agent",
                 True,
                 changes={"assignee_id": {"old": None, "new": "agent"}},
             ),
             set(),
         ),
-        (event(events.TICKET_CLOSED, "agent", True, reason="admin"), REQUESTER),
-        (event(events.TICKET_CLOSED, None, False, reason="auto"), REQUESTER),
-        (event(events.TICKET_CLOSED, "user-1", False, reason="user"), set()),
-        (event(events.TICKET_SLA_BREACHED, None), TEAM_ALL),
+        (event(EventType.TICKET_CLOSED, "agent", True, reason="admin"), REQUESTER),
+        (event(EventType.TICKET_CLOSED, None, False, reason="auto"), REQUESTER),
+        (event(EventType.TICKET_CLOSED, "user-1", False, reason="user"), set()),
+        (event(EventType.TICKET_SLA_BREACHED, None), TEAM_ALL),
     ],
     ids=lambda v: v.type if isinstance(v, TicketEvent) else None,
 )
@@ -116,44 +116,46 @@ def test_who_is_told_what(evt: TicketEvent, expected: set[Recipient]) -> None:
 
 def test_user_reply_also_reaches_the_known_assignee_once() -> None:
     audience = Audience(team_emails=TEAM, email_enabled=True, assignee_email="agent@support.test")
-    found = recipients_for(event(events.MESSAGE_CREATED, is_admin=False), ticket(), audience)
+    found = recipients_for(event(EventType.MESSAGE_CREATED, is_admin=False), ticket(), audience)
     assert sorted(r.address for r in found) == sorted([*TEAM, "agent@support.test"])
     # An assignee who is also on the team list gets one email, not two.
     audience = Audience(team_emails=TEAM, email_enabled=True, assignee_email="TEAM@support.test")
-    found = recipients_for(event(events.MESSAGE_CREATED, is_admin=False), ticket(), audience)
+    found = recipients_for(event(EventType.MESSAGE_CREATED, is_admin=False), ticket(), audience)
     assert sorted(r.address for r in found) == sorted(TEAM)
 
 
 def test_channels_not_configured_are_skipped() -> None:
-    assert recipients_for(event(events.TICKET_CREATED), ticket(), Audience(team_emails=TEAM)) == []
+    assert (
+        recipients_for(event(EventType.TICKET_CREATED), ticket(), Audience(team_emails=TEAM)) == []
+    )
     slack_only = Audience(team_emails=TEAM, slack_enabled=True)
-    assert recipients_for(event(events.TICKET_CREATED), ticket(), slack_only) == [
+    assert recipients_for(event(EventType.TICKET_CREATED), ticket(), slack_only) == [
         Recipient(SLACK, "webhook")
     ]
 
 
 def test_admin_reply_without_a_known_requester_email_tells_nobody() -> None:
-    evt = event(events.MESSAGE_CREATED, "agent", True, is_admin=True)
+    evt = event(EventType.MESSAGE_CREATED, "agent", True, is_admin=True)
     assert recipients_for(evt, ticket(requester_email=None), FULL) == []
 
 
 def updated(**changes: Any) -> TicketEvent:
-    return event(events.TICKET_UPDATED, "agent", True, changes=changes)
+    return event(EventType.TICKET_UPDATED, "agent", True, changes=changes)
 
 
 @pytest.mark.parametrize(
     ("evt", "kind"),
     [
-        (event(events.TICKET_CREATED), NoticeKind.NEW_TICKET),
-        (event(events.MESSAGE_CREATED, is_admin=False), NoticeKind.USER_REPLY),
-        (event(events.MESSAGE_CREATED, "agent", True, is_admin=True), NoticeKind.SUPPORT_REPLY),
+        (event(EventType.TICKET_CREATED), NoticeKind.NEW_TICKET),
+        (event(EventType.MESSAGE_CREATED, is_admin=False), NoticeKind.USER_REPLY),
+        (event(EventType.MESSAGE_CREATED, "agent", True, is_admin=True), NoticeKind.SUPPORT_REPLY),
         (updated(status={"old": "open", "new": "resolved"}), NoticeKind.RESOLVED),
         (updated(status={"old": "open", "new": "closed"}), NoticeKind.CLOSED),
         (updated(priority={"old": "high", "new": "urgent"}), NoticeKind.ESCALATED),
         (updated(assignee_id={"old": None, "new": "agent"}), NoticeKind.UPDATED),
-        (event(events.TICKET_CLOSED, "agent", True, reason="admin"), NoticeKind.CLOSED),
-        (event(events.TICKET_CLOSED, None, False, reason="auto"), NoticeKind.AUTO_CLOSED),
-        (event(events.TICKET_SLA_BREACHED, None), NoticeKind.SLA_BREACHED),
+        (event(EventType.TICKET_CLOSED, "agent", True, reason="admin"), NoticeKind.CLOSED),
+        (event(EventType.TICKET_CLOSED, None, False, reason="auto"), NoticeKind.AUTO_CLOSED),
+        (event(EventType.TICKET_SLA_BREACHED, None), NoticeKind.SLA_BREACHED),
     ],
     ids=lambda v: v.type if isinstance(v, TicketEvent) else None,
 )
@@ -168,7 +170,7 @@ def test_the_notice_carries_the_ticket_and_the_reply() -> None:
     msg = Message(
         id="m", ticket_id="t", author_id="agent", is_admin=True, body="On it", created_at=NOW
     )
-    evt = event(events.MESSAGE_CREATED, "agent", True, is_admin=True)
+    evt = event(EventType.MESSAGE_CREATED, "agent", True, is_admin=True)
     notice = notice_for(
         evt, ticket(assignee_id="agent"), Recipient(EMAIL, "req@example.com"), message=msg
     )

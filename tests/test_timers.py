@@ -12,11 +12,17 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from domain.db import make_engine, make_sessionmaker
-from domain.lifecycle import Priority, Status
+from domain.events import EventType
+from domain.lifecycle import Caller, Priority, Status, TicketChanges
 from domain.policies import TimePolicy
 from domain.settings import Settings
-from domain.tickets import Caller, TicketChanges, TicketService
-from domain.timers import close_resolved_due, fire_sla_breaches, sla_wakeup_delay
+from domain.tickets import TicketService
+from domain.timers import (
+    WAKEUP_MARGIN,
+    close_resolved_due,
+    fire_sla_breaches,
+    sla_wakeup_delay,
+)
 
 SLA = timedelta(seconds=60)
 AUTO_CLOSE = timedelta(seconds=300)
@@ -206,11 +212,21 @@ async def test_reopened_urgent_ticket_is_back_on_the_clock(world: World) -> None
 
 async def test_wakeup_messages_only_for_near_deadlines() -> None:
     now = T0
-    assert sla_wakeup_delay({"sla_due_at": (now + SLA).isoformat()}, now) == SLA
-    assert sla_wakeup_delay({"sla_due_at": (now - SLA).isoformat()}, now) == timedelta(0)
-    assert sla_wakeup_delay({"sla_due_at": (now + timedelta(days=1)).isoformat()}, now) is None
-    assert sla_wakeup_delay({}, now) is None
-    assert sla_wakeup_delay({"sla_due_at": "not a time"}, now) is None
+    created, updated = EventType.TICKET_CREATED, EventType.TICKET_UPDATED
+    due_soon = {"sla_due_at": (now + SLA).isoformat()}
+    # The wake-up lands just after the deadline (the breach condition is due <= now).
+    assert sla_wakeup_delay(created, due_soon, now) == SLA + WAKEUP_MARGIN
+    assert sla_wakeup_delay(updated, due_soon, now) == SLA + WAKEUP_MARGIN
+    past = {"sla_due_at": (now - SLA).isoformat()}
+    assert sla_wakeup_delay(created, past, now) == WAKEUP_MARGIN
+    assert (
+        sla_wakeup_delay(created, {"sla_due_at": (now + timedelta(days=1)).isoformat()}, now)
+        is None
+    )
+    assert sla_wakeup_delay(created, {}, now) is None
+    assert sla_wakeup_delay(created, {"sla_due_at": "not a time"}, now) is None
+    # Only the events that arm the clock announce a deadline to wake up for.
+    assert sla_wakeup_delay(EventType.MESSAGE_CREATED, due_soon, now) is None
 
 
 # -- auto-close -------------------------------------------------------------------------------

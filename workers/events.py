@@ -6,13 +6,9 @@ delivery); planning an event again adds nothing.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-
 import dramatiq
 
-from domain import events
 from domain.delivery import plan_deliveries
-from domain.models import TicketEvent
 from domain.outbox import (
     DELIVER_ACTOR,
     DISPATCH_ACTOR,
@@ -42,22 +38,15 @@ async def dispatch_event(event_id: str) -> None:
     rt = runtime()
     async with rt.sessionmaker() as session:
         plan = await plan_deliveries(session, event_id, rt.delivery, rt.clock())
-        wakeup = _sla_wakeup(plan.event, rt.clock())
+        event = plan.event
+        wakeup = sla_wakeup_delay(event.type, event.payload or {}, rt.clock()) if event else None
         await session.commit()
     pending = plan.pending
     # One message per batch of an event's recipients, not per recipient: a Dramatiq hop and a
     # transaction per email cost more CPU than the email itself.
     for start in range(0, len(pending), DELIVERY_BATCH):
         send_by_name(NOTIFICATIONS_QUEUE, DELIVER_ACTOR, pending[start : start + DELIVERY_BATCH])
-    if wakeup is not None:
-        ticket_id, delay = wakeup
+    if event is not None and wakeup is not None:
         # A hint, not the truth: the deadline lives in PostgreSQL and the sweep backs this up.
-        delay_ms = int(delay.total_seconds() * 1000) + 5
-        send_by_name(SLA_QUEUE, SLA_CHECK_ACTOR, ticket_id, delay_ms=delay_ms)
-
-
-def _sla_wakeup(event: TicketEvent | None, now: datetime) -> tuple[str, timedelta] | None:
-    if event is None or event.type not in (events.TICKET_CREATED, events.TICKET_UPDATED):
-        return None
-    delay = sla_wakeup_delay(event.payload or {}, now)
-    return (event.ticket_id, delay) if delay is not None else None
+        delay_ms = int(wakeup.total_seconds() * 1000)
+        send_by_name(SLA_QUEUE, SLA_CHECK_ACTOR, event.ticket_id, delay_ms=delay_ms)

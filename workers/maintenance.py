@@ -14,7 +14,7 @@ import structlog
 from domain.outbox import MAINTENANCE_QUEUE, claim_events_to_publish
 from domain.timers import close_resolved_due
 from workers.broker import broker  # noqa: F401  (the broker and its middleware, before any actor)
-from workers.publishing import publish_and_mark, publish_new_events
+from workers.publishing import commit_and_publish, publish_and_mark
 from workers.runtime import runtime
 
 log = structlog.get_logger("workers.maintenance")
@@ -32,15 +32,14 @@ AUTO_CLOSE_BATCH = 1000  # tickets closed per transaction
 async def close_resolved_tickets_due() -> None:
     """Close resolved tickets that saw no user activity for AUTO_CLOSE_SECONDS, in batches."""
     rt = runtime()
-    after = timedelta(seconds=rt.settings.auto_close_seconds)
+    after = rt.tickets.policy.auto_close_after
     total = 0
     while True:
         async with rt.sessionmaker() as session:
             closed = await close_resolved_due(
                 session, rt.clock(), after=after, limit=AUTO_CLOSE_BATCH
             )
-            await session.commit()
-        await publish_new_events(closed)
+            await commit_and_publish(session)
         total += len(closed)
         if len(closed) < AUTO_CLOSE_BATCH:
             break

@@ -6,16 +6,18 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from domain.events import take_pending_event_ids
 from domain.outbox import DISPATCH_ACTOR, EVENTS_QUEUE, mark_published
 from workers.broker import send_by_name
 from workers.runtime import runtime
 
 
-async def publish_new_events(event_ids: Sequence[str]) -> None:
-    """Send just-committed events to the dispatcher and mark them published."""
-    if not event_ids:
-        return
-    async with runtime().sessionmaker() as session:
+async def commit_and_publish(session: AsyncSession) -> None:
+    """Commit the session, then send the events it wrote to the dispatcher and mark them
+    published (persist, then publish, as the API does)."""
+    await session.commit()
+    event_ids = take_pending_event_ids(session)
+    if event_ids:
         await publish_and_mark(session, event_ids)
 
 

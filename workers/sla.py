@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dramatiq
 
+from domain.errors import NotFound
 from domain.outbox import SLA_CHECK_ACTOR, SLA_QUEUE, SLA_SWEEP_QUEUE
 from domain.timers import fire_sla_breaches
 from workers.broker import broker  # noqa: F401  (the broker and its middleware, before any actor)
-from workers.publishing import publish_new_events
+from workers.publishing import commit_and_publish
 from workers.runtime import runtime
 
 SWEEP_BATCH = 1000  # tickets breached per transaction
@@ -29,9 +30,11 @@ async def check_sla_deadline(ticket_id: str) -> None:
     """Wake-up for one urgent ticket's deadline: breach it if it is due and still unmet."""
     rt = runtime()
     async with rt.sessionmaker() as session:
-        fired = await fire_sla_breaches(session, rt.clock(), ticket_ids=[ticket_id])
-        await session.commit()
-    await publish_new_events(fired)
+        try:
+            await rt.tickets.breach_if_due(session, ticket_id)
+        except NotFound:
+            return  # deleted since: nothing to breach
+        await commit_and_publish(session)
 
 
 @dramatiq.actor(
@@ -46,7 +49,6 @@ async def sweep_sla_deadlines() -> None:
     while True:
         async with rt.sessionmaker() as session:
             fired = await fire_sla_breaches(session, rt.clock(), limit=SWEEP_BATCH)
-            await session.commit()
-        await publish_new_events(fired)
+            await commit_and_publish(session)
         if len(fired) < SWEEP_BATCH:
             break

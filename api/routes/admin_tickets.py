@@ -22,8 +22,7 @@ from api.schemas import (
     admin_ticket_out,
     message_out,
 )
-from domain.lifecycle import Priority, Status
-from domain.tickets import UNSET, TicketChanges
+from domain.lifecycle import UNSET, Priority, Status, TicketChanges
 
 
 class AdminTicketController(Controller):
