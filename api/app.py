@@ -14,7 +14,13 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api.auth import TokenVerifier
-from api.deps import EventPublisher, provide_caller, provide_service, provide_session
+from api.deps import (
+    EventPublisher,
+    provide_caller,
+    provide_direct,
+    provide_service,
+    provide_session,
+)
 from api.errors import EXCEPTION_HANDLERS
 from api.guards import authenticate, json_bodies_only, within_rate_limit
 from api.publisher import make_publisher
@@ -73,6 +79,7 @@ def create_app(
         dependencies={
             "caller": Provide(provide_caller, sync_to_thread=False),
             "session": Provide(provide_session),
+            "db": Provide(provide_direct),
             "service": Provide(provide_service, sync_to_thread=False),
         },
         exception_handlers=EXCEPTION_HANDLERS,

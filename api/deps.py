@@ -1,4 +1,5 @@
-"""Request dependencies: the caller, a database session, the service.
+"""Request dependencies: the caller, a database session (or, on the hot paths, a direct
+connection), the service.
 
 None of them is a generator: a resource a request takes is entered into the request's own
 exit stack (api/request_scope.py), which is closed whatever refuses or ends the request.
@@ -15,13 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.guards import authenticated_caller
 from api.request_scope import request_resources
-from domain.db import ConnectionGate
+from domain.db import ConnectionGate, DirectConnection, direct_connection
 from domain.events import take_pending_event_ids
 from domain.tickets import Caller, TicketService
 
 # Handlers name their dependencies explicitly (caller/session/service) with these types.
 CallerDep = NamedDependency[Caller]
 SessionDep = NamedDependency[AsyncSession]
+DirectDep = NamedDependency[DirectConnection]
 ServiceDep = NamedDependency[TicketService]
 
 
@@ -52,12 +54,22 @@ async def provide_session(request: Request[Any, Any, Any]) -> AsyncSession:
     return session
 
 
+async def provide_direct(request: Request[Any, Any, Any]) -> DirectConnection:
+    """A pooled connection used through psycopg directly (domain/db.py), behind the same gate."""
+    state = request.app.state
+    gate: ConnectionGate = state.connection_gate
+    resources = request_resources(request.scope)
+    await resources.enter(gate.slot())
+    direct: DirectConnection = await resources.enter(direct_connection(state.engine))
+    return direct
+
+
 def provide_service(state: State) -> TicketService:
     service: TicketService = state.service
     return service
 
 
-async def commit(session: AsyncSession, state: State) -> None:
+async def commit(session: AsyncSession | DirectConnection, state: State) -> None:
     """Commit the transaction, then hand its events to the workers (persist, then publish)."""
     await session.commit()
     event_ids = take_pending_event_ids(session)

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 import msgspec
+import psycopg
 import structlog
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -173,6 +174,8 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     NotFound: on_not_found,
     Conflict: on_conflict,
     DBAPIError: on_database_unavailable,
+    # The hot paths run their statements through psycopg itself (domain/db.py).
+    psycopg.OperationalError: on_database_unavailable,
     PoolTimeout: on_database_unavailable,
     RecursionError: on_recursion_error,
     Exception: on_unexpected,

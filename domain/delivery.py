@@ -29,7 +29,13 @@ from domain.notifications import (
 
 log = structlog.get_logger("domain.delivery")
 
-PENDING, SENT, FAILED = "pending", "sent", "failed"
+
+class LedgerStatus(StrEnum):
+    """A ledger row's state: pending until sent, or failed for good (an operator's case)."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
 
 
 class TransientDeliveryError(Exception):
@@ -86,7 +92,7 @@ _LOAD_EVENT = (
     .execution_options(populate_existing=True)  # the locked row as it is now
 )
 _PENDING_OF_EVENT = select(_deliveries.c.id).where(
-    _deliveries.c.event_id == bindparam("event_id"), _deliveries.c.status == PENDING
+    _deliveries.c.event_id == bindparam("event_id"), _deliveries.c.status == LedgerStatus.PENDING
 )
 # New ledger rows and the ones still pending, in one statement and so one snapshot. Only the
 # recipients without a row yet are inserted: an insert that met an existing row would wait for
@@ -169,7 +175,8 @@ _COMPLETE_EVENT = (
         _events.c.id == bindparam("event_id"),
         _events.c.completed_at.is_(None),
         ~exists().where(
-            _deliveries.c.event_id == bindparam("event_id"), _deliveries.c.status == PENDING
+            _deliveries.c.event_id == bindparam("event_id"),
+            _deliveries.c.status == LedgerStatus.PENDING,
         ),
     )
     .values(completed_at=bindparam("now"))
@@ -243,7 +250,7 @@ async def deliver_batch(
     loaded = (await session.execute(_LOAD_DELIVERIES, {"delivery_ids": list(delivery_ids)})).all()
     attempts: list[_Attempt] = []
     for row_id, event_id, channel, recipient, status, tries, event, ticket, message in loaded:
-        if status == PENDING:
+        if status == LedgerStatus.PENDING:
             attempts.append(
                 _Attempt(row_id, event_id, channel, recipient, tries, event, ticket, message)
             )
@@ -260,14 +267,14 @@ async def deliver_batch(
             "errors": [a.result.error[:2000] if a.result.error else None for a in attempts],
         },
     )
-    finished_events = sorted({a.event_id for a in attempts if a.status != PENDING})
+    finished_events = sorted({a.event_id for a in attempts if a.status != LedgerStatus.PENDING})
     for event_id in finished_events:  # in order: two batches lock shared events alike
         await complete_event_if_done(session, event_id, now)
     results = {a.id: a.result for a in attempts}
     return [results.get(i, DeliveryResult(Outcome.SKIPPED)) for i in delivery_ids]
 
 
-_LEDGER_STATUS = {Outcome.SENT: SENT, Outcome.FAILED: FAILED}
+_LEDGER_STATUS = {Outcome.SENT: LedgerStatus.SENT, Outcome.FAILED: LedgerStatus.FAILED}
 
 
 @dataclass
@@ -285,9 +292,9 @@ class _Attempt:
     result: DeliveryResult = DeliveryResult(Outcome.SKIPPED)
 
     @property
-    def status(self) -> str:
+    def status(self) -> LedgerStatus:
         """The ledger status the result leaves the row in (a retry stays pending)."""
-        return _LEDGER_STATUS.get(self.result.outcome, PENDING)
+        return _LEDGER_STATUS.get(self.result.outcome, LedgerStatus.PENDING)
 
     async def run(self, config: DeliveryConfig) -> None:
         bound = log.bind(

@@ -17,8 +17,8 @@ from typing import Any
 
 import structlog
 from sqlalchemy import TextClause, text
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from domain.db import Executor
 from domain.ids import new_id
 
 
@@ -72,7 +72,7 @@ _INSERT_EVENTS = insert_statement()
 
 
 async def write(
-    session: AsyncSession,
+    session: Executor,
     new_events: Sequence[NewEvent],
     *,
     statement: TextClause = _INSERT_EVENTS,
@@ -106,7 +106,7 @@ async def write(
     return ids
 
 
-def take_pending_event_ids(session: AsyncSession) -> list[str]:
+def take_pending_event_ids(session: Executor) -> list[str]:
     """The ids of events written in this session since the last call (call after commit)."""
     ids: list[str] = session.info.pop(_PENDING_KEY, [])
     return ids

@@ -8,7 +8,7 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from api import responses
-from api.deps import CallerDep, ServiceDep, SessionDep, commit
+from api.deps import CallerDep, DirectDep, ServiceDep, SessionDep, commit
 from api.routes.params import PageNumber, PerPage, TicketId, capped
 from api.schemas import (
     CreateMessage,
@@ -32,32 +32,32 @@ class UserTicketController(Controller):
         self,
         data: JSONBody[CreateTicket],
         caller: CallerDep,
-        session: SessionDep,
+        db: DirectDep,
         service: ServiceDep,
         state: State,
     ) -> TicketOut:
         view = await service.create(
-            session,
+            db,
             caller,
             subject=data.subject,
             body=data.body,
             category=data.category.value if data.category else None,
             priority=data.priority,
         )
-        await commit(session, state)
+        await commit(db, state)
         return ticket_out(view.ticket, view.messages)
 
     @get("/", responses=responses.READ, summary="List the caller's own tickets, newest first")
     async def list_tickets(
         self,
         caller: CallerDep,
-        session: SessionDep,
+        db: DirectDep,
         service: ServiceDep,
         page: PageNumber = 1,
         per_page: PerPage = 20,
     ) -> TicketList:
         result = await service.list_for_user(
-            session, caller.user_id, page=page, per_page=capped(per_page)
+            db, caller.user_id, page=page, per_page=capped(per_page)
         )
         return ticket_list(result)
 
