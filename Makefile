@@ -7,9 +7,19 @@ UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 
 .PHONY: help install run migrate test lint format bench faults clean
 
+# PostgreSQL and Redis: the ones configured or answering on the default addresses, else embedded
+# ones (devservices/) with their data in $(DATA_DIR)/, started for the command and stopped after it.
+# SERVICES=auto|embedded|external forces the choice. The URLs of a run are in $(SERVICES_ENV).
+DATA_DIR := .data
+SERVICES_ENV := $(DATA_DIR)/services.env
+DEVSERVICES := $(UV) run python -m devservices run
+HONCHO := honcho -e .env,$(SERVICES_ENV)
+
 help:
 	@echo "make run    install, create + migrate the database, run API, workers and scheduler"
-	@echo "make test   run the test suite against the local PostgreSQL and Redis"
+	@echo "            (on the local PostgreSQL + Redis if they answer, else embedded ones, data in $(DATA_DIR)/)"
+	@echo "make test   run the test suite (local PostgreSQL + Redis if they answer, else embedded ones)"
+	@echo "make migrate  create + migrate the database only"
 	@echo "make lint   ruff + mypy"
 	@echo "make bench  run the benchmarks, write docs/benchmarks.md"
 	@echo "make faults run the fault suite and the abuse suite, write docs/reliability.md"
@@ -21,14 +31,16 @@ install:
 # APP_ENV defaults to development here (dev token key); set it, or put it in .env, to override.
 # PORT defaults to 8000 as documented: honcho would otherwise give the API its own default, 5000.
 run: install
-	APP_ENV=$${APP_ENV:-development} $(UV) run honcho run helpdesk migrate
-	APP_ENV=$${APP_ENV:-development} PORT=$${PORT:-8000} exec $(UV) run honcho start -f Procfile
+	@APP_ENV=$${APP_ENV:-development} PORT=$${PORT:-8000} exec $(DEVSERVICES) \
+	  --env-file .env --write-env $(SERVICES_ENV) -- \
+	  bash -c '$(HONCHO) run helpdesk migrate && exec $(HONCHO) start -f Procfile'
 
 migrate: install
-	$(UV) run honcho run helpdesk migrate
+	@exec $(DEVSERVICES) --env-file .env --write-env $(SERVICES_ENV) -- $(HONCHO) run helpdesk migrate
 
+# Test runs use TEST_DATABASE_URL / TEST_REDIS_URL; embedded servers get a fresh directory.
 test: install
-	$(UV) run pytest $(PYTEST_ARGS)
+	@exec $(DEVSERVICES) --for test -- pytest $(PYTEST_ARGS)
 
 lint: install
 	$(UV) run ruff check .
