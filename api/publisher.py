@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.deps import EventPublisher
 from domain.ids import utcnow
-from domain.outbox import DISPATCH_ACTOR, EVENTS_QUEUE, mark_each_published
+from domain.outbox import DISPATCH_ACTOR, DISPATCH_BATCH, EVENTS_QUEUE, mark_each_published
 from domain.settings import Settings
 
 log = structlog.get_logger("api.publisher")
@@ -93,13 +93,14 @@ class BrokerPublisher:
 
     def _enqueue(self, batch: Sequence[str]) -> list[str]:
         sent: list[str] = []
-        for event_id in batch:
+        for start in range(0, len(batch), DISPATCH_BATCH):
+            event_ids = list(batch[start : start + DISPATCH_BATCH])
             # Sent by actor name through the broker's public API: the API does not import
             # the workers' code, only the names both sides share (domain.outbox).
             message: Message[None] = Message(
                 queue_name=EVENTS_QUEUE,
                 actor_name=DISPATCH_ACTOR,
-                args=(event_id,),
+                args=(event_ids,),
                 kwargs={},
                 options={},
             )
@@ -111,7 +112,7 @@ class BrokerPublisher:
                     "outbox.publish_failed", error=type(exc).__name__, left=len(batch) - len(sent)
                 )
                 break
-            sent.append(event_id)
+            sent += event_ids
         return sent
 
     async def close(self) -> None:

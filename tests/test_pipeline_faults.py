@@ -18,20 +18,18 @@ from litestar.testing import AsyncTestClient
 
 from api.app import create_app
 from domain.outbox import (
-    ALL_QUEUES,
     DELIVER_ACTOR,
     DISPATCH_ACTOR,
     EVENTS_QUEUE,
     NOTIFICATIONS_QUEUE,
 )
 from domain.settings import load_settings
-from tests.conftest import TEAM, TokenFactory, auth
+from tests.conftest import QUEUES, TEAM, TokenFactory, auth, create_ticket
 from tests.processes import PrivateRedis, ServiceProcess, dramatiq_workers, scheduler
 from tests.sinks import HttpSink, SmtpSink, eventually
 
 pytestmark = pytest.mark.slow
 
-QUEUES = list(ALL_QUEUES)
 PER_TICKET = len(TEAM)  # emails per new ticket (plus one Slack post)
 HANG_GUARD_S = 20.0
 
@@ -43,16 +41,11 @@ async def api(env: dict[str, str]) -> AsyncIterator[AsyncTestClient[Any]]:
 
 
 async def create_tickets(client: AsyncTestClient[Any], token: str, count: int) -> list[str]:
-    ids = []
-    for n in range(count):
-        response = await client.post(
-            "/v1/support/tickets",
-            json={"subject": f"Ticket {n}", "body": "help"},
-            headers=auth(token),
-        )
-        assert response.status_code == 201, response.text
-        ids.append(response.json()["id"])
-    return ids
+    headers = auth(token)
+    return [
+        (await create_ticket(client, headers, subject=f"Ticket {n}", body="help"))["id"]
+        for n in range(count)
+    ]
 
 
 @pytest.fixture
@@ -216,7 +209,7 @@ async def test_same_messages_delivered_twice_send_once(
             dramatiq.Message(
                 queue_name=EVENTS_QUEUE,
                 actor_name=DISPATCH_ACTOR,
-                args=(event_id,),
+                args=([event_id],),
                 kwargs={},
                 options={},
             )

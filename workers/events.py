@@ -32,21 +32,27 @@ DELIVERY_BATCH = 25  # ledger rows per delivery message (an event's recipients, 
     max_backoff=30_000,
     time_limit=30_000,
 )
-async def dispatch_event(event_id: str) -> None:
-    """Record who must hear of an event (ledger rows) and queue their delivery, in as few
-    messages as DELIVERY_BATCH allows (usually one)."""
+async def dispatch_events(event_ids: list[str]) -> None:
+    """Record who must hear of each event (ledger rows) and queue their delivery: the rows of
+    all the events in as few messages as DELIVERY_BATCH allows."""
     rt = runtime()
+    now = rt.clock()
     async with rt.sessionmaker() as session:
-        plan = await plan_deliveries(session, event_id, rt.delivery, rt.clock())
-        event = plan.event
-        wakeup = sla_wakeup_delay(event.type, event.payload or {}, rt.clock()) if event else None
+        # Events are locked in one order, so two batches that share events cannot deadlock.
+        plans = [
+            await plan_deliveries(session, event_id, rt.delivery, now)
+            for event_id in sorted(set(event_ids))
+        ]
         await session.commit()
-    pending = plan.pending
-    # One message per batch of an event's recipients, not per recipient: a Dramatiq hop and a
+    pending = [row for plan in plans for row in plan.pending]
+    # One message per batch of recipients, not per recipient or per event: a Dramatiq hop and a
     # transaction per email cost more CPU than the email itself.
     for start in range(0, len(pending), DELIVERY_BATCH):
         send_by_name(NOTIFICATIONS_QUEUE, DELIVER_ACTOR, pending[start : start + DELIVERY_BATCH])
-    if event is not None and wakeup is not None:
-        # A hint, not the truth: the deadline lives in PostgreSQL and the sweep backs this up.
-        delay_ms = int(wakeup.total_seconds() * 1000)
-        send_by_name(SLA_QUEUE, SLA_CHECK_ACTOR, event.ticket_id, delay_ms=delay_ms)
+    for plan in plans:
+        event = plan.event
+        wakeup = sla_wakeup_delay(event.type, event.payload or {}, now) if event else None
+        if event is not None and wakeup is not None:
+            # A hint, not the truth: the deadline lives in PostgreSQL and the sweep backs it up.
+            delay_ms = int(wakeup.total_seconds() * 1000)
+            send_by_name(SLA_QUEUE, SLA_CHECK_ACTOR, event.ticket_id, delay_ms=delay_ms)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.events import take_pending_event_ids
-from domain.outbox import DISPATCH_ACTOR, EVENTS_QUEUE, mark_published
+from domain.outbox import DISPATCH_ACTOR, DISPATCH_BATCH, EVENTS_QUEUE, mark_published
 from workers.broker import send_by_name
 from workers.runtime import runtime
 
@@ -22,13 +22,15 @@ async def commit_and_publish(session: AsyncSession) -> None:
 
 
 async def publish_and_mark(session: AsyncSession, event_ids: Sequence[str]) -> list[str]:
-    """Queue a dispatch message per event, then mark published (and commit) what reached the
-    broker, also when the broker fails part way: the rest waits for the outbox sweep."""
+    """Queue dispatch messages (DISPATCH_BATCH events each), then mark published (and commit)
+    what reached the broker, also when the broker fails part way: the rest waits for the
+    outbox sweep."""
     sent: list[str] = []
     try:
-        for event_id in event_ids:
-            send_by_name(EVENTS_QUEUE, DISPATCH_ACTOR, event_id)
-            sent.append(event_id)
+        for start in range(0, len(event_ids), DISPATCH_BATCH):
+            batch = list(event_ids[start : start + DISPATCH_BATCH])
+            send_by_name(EVENTS_QUEUE, DISPATCH_ACTOR, batch)
+            sent += batch
     finally:
         await mark_published(session, sent, runtime().clock())
         await session.commit()
