@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,9 +17,12 @@ import pytest
 import redis
 from cryptography.hazmat.primitives.asymmetric import rsa
 from litestar.testing import AsyncTestClient
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from api.app import create_app
 from api.cli import ensure_database, migrate
+from domain.db import make_engine, make_sessionmaker
+from domain.outbox import ALL_QUEUES
 from domain.settings import Settings, load_settings
 from tests.processes import ServiceProcess
 from tests.sinks import HttpSink, SmtpSink
@@ -27,6 +32,44 @@ TEST_DATABASE_URL = os.environ.get(
     "TEST_DATABASE_URL", "postgresql://root@127.0.0.1:5432/helpdesk_test"
 )
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+# -- what many test files share: import these ``from tests.conftest`` ----------------------------
+
+USER_URL = "/v1/support/tickets"
+ADMIN_URL = "/v1/admin/support/tickets"
+MISSING_ID = "01JN2XG6H7J8K9M0N1P2Q3R4S5"  # a well-formed ULID that no ticket has
+ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+T0 = datetime(2026, 3, 15, 10, 0, tzinfo=UTC)  # the tests' fixed moment; a Clock starts here
+QUEUES = list(ALL_QUEUES)  # for worker processes that consume every queue
+TEAM = ("team@support.test", "oncall@support.test")  # ADMIN_EMAILS of service_env
+
+
+def iso(moment: datetime) -> str:
+    """A moment as the API writes it."""
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Clock:
+    """A clock moved by hand, so every timestamp the code under test writes is known exactly."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> str:
+        """Move on by ``timedelta(**delta)``; returns the new moment as the API writes it."""
+        self.now += timedelta(**delta)
+        return self.iso()
+
+    def at(self, seconds: float) -> datetime:
+        """Set the clock to ``seconds`` after T0."""
+        self.now = T0 + timedelta(seconds=seconds)
+        return self.now
+
+    def iso(self) -> str:
+        return iso(self.now)
 
 
 def _reachable(url: str, default_port: int) -> bool:
@@ -122,6 +165,29 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+# Headers of callers. A file whose callers need other subjects overrides ``user`` / ``admin``.
+
+
+@pytest.fixture
+def alice(make_token: TokenFactory) -> dict[str, str]:
+    return auth(make_token("alice"))
+
+
+@pytest.fixture
+def bob(make_token: TokenFactory) -> dict[str, str]:
+    return auth(make_token("bob"))
+
+
+@pytest.fixture
+def user(make_token: TokenFactory) -> dict[str, str]:
+    return auth(make_token("alice"))
+
+
+@pytest.fixture
+def admin(make_token: TokenFactory) -> dict[str, str]:
+    return auth(make_token("agent-7", admin=True))
+
+
 # -- the application ----------------------------------------------------------------------------
 
 
@@ -177,9 +243,6 @@ def slack_sink() -> Iterator[HttpSink]:
     sink.stop()
 
 
-TEAM = ("team@support.test", "oncall@support.test")
-
-
 @pytest.fixture
 def service_env(
     clean_db: str,
@@ -229,3 +292,42 @@ async def client(
     app = create_app(settings, publisher=publisher)
     async with AsyncTestClient(app=app) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def clock(client: AsyncTestClient[Any]) -> Clock:
+    """The API's ticket service runs on a Clock that starts at T0."""
+    clock = Clock()
+    client.app.state.service.clock = clock
+    return clock
+
+
+async def create_ticket(
+    client: AsyncTestClient[Any], headers: dict[str, str], **fields: Any
+) -> dict[str, Any]:
+    """POST a ticket (subject "s", body "b" unless ``fields`` say otherwise); it must be created."""
+    response = await client.post(
+        USER_URL, json={"subject": "s", "body": "b", **fields}, headers=headers
+    )
+    assert response.status_code == 201, response.text
+    ticket: dict[str, Any] = response.json()
+    return ticket
+
+
+# -- the database directly ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sessions_pool_size() -> int:
+    """Connections in the ``sessions`` engine's pool; a file that needs more overrides this."""
+    return 2
+
+
+@pytest.fixture
+async def sessions(
+    settings: Settings, sessions_pool_size: int
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    """SQLAlchemy sessions on the test database, for calling domain code without the API."""
+    engine = make_engine(settings, pool_size=sessions_pool_size)
+    yield make_sessionmaker(engine)
+    await engine.dispose()

@@ -13,10 +13,8 @@ from litestar.testing import AsyncTestClient
 
 from api.app import create_app
 from domain.settings import Settings
-from tests.conftest import RecordingPublisher, TokenFactory, auth
+from tests.conftest import USER_URL, RecordingPublisher, TokenFactory, auth
 from tests.processes import PrivateRedis
-
-URL = "/v1/support/tickets"
 
 
 @pytest.fixture
@@ -32,17 +30,17 @@ async def test_flood_gets_429_with_retry_after_per_user(
     limited: AsyncTestClient[Any], make_token: TokenFactory
 ) -> None:
     flooder, bystander = auth(make_token("flooder")), auth(make_token("bystander"))
-    statuses = [(await limited.get(URL, headers=flooder)).status_code for _ in range(8)]
+    statuses = [(await limited.get(USER_URL, headers=flooder)).status_code for _ in range(8)]
     assert statuses == [200] * 5 + [429] * 3
-    refused = await limited.get(URL, headers=flooder)
+    refused = await limited.get(USER_URL, headers=flooder)
     assert refused.status_code == 429
     assert 1 <= int(refused.headers["retry-after"]) <= 60
     body = refused.json()
     assert body["success"] is False and body["error"]["code"] == "rate_limited"
     # Writes count too, and another user is not affected.
-    post = await limited.post(URL, json={"subject": "s", "body": "b"}, headers=flooder)
+    post = await limited.post(USER_URL, json={"subject": "s", "body": "b"}, headers=flooder)
     assert post.status_code == 429
-    assert (await limited.get(URL, headers=bystander)).status_code == 200
+    assert (await limited.get(USER_URL, headers=bystander)).status_code == 200
 
 
 async def test_rate_limit_fails_open_when_redis_is_down(
@@ -54,7 +52,7 @@ async def test_rate_limit_fails_open_when_redis_is_down(
     )
     async with AsyncTestClient(app=app) as client:
         token = auth(make_token("alice"))
-        statuses = [(await client.get(URL, headers=token)).status_code for _ in range(3)]
+        statuses = [(await client.get(USER_URL, headers=token)).status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
 
 
@@ -63,7 +61,7 @@ async def test_body_over_the_limit_gets_413_and_writes_nothing(
 ) -> None:
     token = auth(make_token("alice"))
     huge = {"subject": "s", "body": "x" * (70 * 1024)}
-    response = await client.post(URL, json=huge, headers=token)
+    response = await client.post(USER_URL, json=huge, headers=token)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
     assert db.execute("SELECT count(*) FROM tickets").fetchone() == (0,)

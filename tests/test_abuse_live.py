@@ -22,7 +22,7 @@ import redis
 
 from bench import abuse
 from domain.events import EventType
-from tests.conftest import TEST_REDIS_URL, TokenFactory
+from tests.conftest import ADMIN_URL, TEST_REDIS_URL, USER_URL, TokenFactory, auth
 
 pytestmark = pytest.mark.slow
 
@@ -225,9 +225,9 @@ def test_clients_that_hang_up_while_waiting_for_the_database_hold_nothing_afterw
     another transaction) and their clients hang up; once the lock goes, nothing stays held."""
     target = suite.target
     token = make_token("hang-up-owner")
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = auth(token)
     created = httpx.post(
-        f"{target.base_url}/v1/support/tickets",
+        f"{target.base_url}{USER_URL}",
         json={"subject": "s", "body": "b"},
         headers=headers,
         timeout=10,
@@ -236,7 +236,7 @@ def test_clients_that_hang_up_while_waiting_for_the_database_hold_nothing_afterw
     log_before = len(target.api.output())
     with psycopg.connect(target.database_url) as locker:
         locker.execute("SELECT 1 FROM tickets WHERE id = %s FOR UPDATE", (ticket_id,))
-        path = f"/v1/admin/support/tickets/{ticket_id}/messages"
+        path = f"{ADMIN_URL}/{ticket_id}/messages"
         agents = [make_token(f"hang-up-agent-{n}", admin=True) for n in range(5)]
         abuse.run_async(_replies_that_hang_up(target.port, path, agents, 200))
         locker.rollback()
@@ -259,10 +259,7 @@ def test_clients_that_hang_up_while_waiting_for_the_database_hold_nothing_afterw
         ).fetchone() or (None, None)
         assert replies == events
     assert httpx.get(f"{target.base_url}/readyz", timeout=10).status_code == 200
-    assert (
-        httpx.get(f"{target.base_url}/v1/support/tickets", headers=headers, timeout=10).status_code
-        == 200
-    )
+    assert httpx.get(f"{target.base_url}{USER_URL}", headers=headers, timeout=10).status_code == 200
     others = [make_token(f"hang-up-bystander-{n}") for n in range(60)]
     burst = abuse.run_async(_burst(target.base_url, others))
     assert burst == {200}
@@ -274,9 +271,6 @@ async def _burst(base_url: str, tokens: list[str]) -> set[int]:
     """One request per user, all at once: more than the connection gates admit together."""
     async with httpx.AsyncClient(base_url=base_url, timeout=10) as client:
         answers = await asyncio.gather(
-            *(
-                client.get("/v1/support/tickets", headers={"Authorization": f"Bearer {token}"})
-                for token in tokens
-            )
+            *(client.get(USER_URL, headers=auth(token)) for token in tokens)
         )
     return {answer.status_code for answer in answers}

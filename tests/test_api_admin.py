@@ -2,74 +2,20 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-import pytest
 from litestar.testing import AsyncTestClient
 
 from domain.lifecycle import Status
 from domain.settings import Settings
-from tests.conftest import TokenFactory, auth
-
-USER_URL = "/v1/support/tickets"
-ADMIN_URL = "/v1/admin/support/tickets"
-ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+from tests.conftest import ADMIN_URL, ULID, USER_URL, Clock, create_ticket, iso
 
 SUMMARY_KEYS = {"id", "subject", "status", "priority", "category", "assignee_id", "created_at"}
 SUMMARY_KEYS |= {"updated_at", "user_id", "sla_due_at", "sla_breached", "sla_breached_at"}
 TICKET_KEYS = SUMMARY_KEYS | {"messages"}
 USER_TICKET_KEYS = {"id", "subject", "status", "priority", "category", "assignee_id"}
 USER_TICKET_KEYS |= {"created_at", "updated_at", "messages"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 3, 15, 10, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> str:
-        self.now += timedelta(**delta)
-        return iso(self.now)
-
-
-def iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@pytest.fixture
-def clock(client: AsyncTestClient[Any]) -> Clock:
-    clock = Clock()
-    client.app.state.service.clock = clock
-    return clock
-
-
-@pytest.fixture
-def alice(make_token: TokenFactory) -> dict[str, str]:
-    return auth(make_token("alice"))
-
-
-@pytest.fixture
-def bob(make_token: TokenFactory) -> dict[str, str]:
-    return auth(make_token("bob"))
-
-
-@pytest.fixture
-def admin(make_token: TokenFactory) -> dict[str, str]:
-    return auth(make_token("agent-7", admin=True))
-
-
-async def create(
-    client: AsyncTestClient[Any], headers: dict[str, str], **fields: Any
-) -> dict[str, Any]:
-    payload = {"subject": "s", "body": "b", **fields}
-    response = await client.post(USER_URL, json=payload, headers=headers)
-    assert response.status_code == 201, response.text
-    ticket: dict[str, Any] = response.json()
-    return ticket
 
 
 async def test_list_shows_every_users_tickets_newest_first(
@@ -82,7 +28,9 @@ async def test_list_shows_every_users_tickets_newest_first(
     owners = []
     for i, headers in enumerate([alice, bob, alice]):
         clock.advance(minutes=1)
-        ticket = await create(client, headers, subject=f"t{i}", priority="urgent" if i else "low")
+        ticket = await create_ticket(
+            client, headers, subject=f"t{i}", priority="urgent" if i else "low"
+        )
         owners.append((ticket["id"], "bob" if headers is bob else "alice"))
 
     response = await client.get(ADMIN_URL, headers=admin)
@@ -103,7 +51,7 @@ async def test_status_filter(
 ) -> None:
     by_status: dict[str, str] = {}
     for status in Status:
-        ticket_id = (await create(client, alice))["id"]
+        ticket_id = (await create_ticket(client, alice))["id"]
         if status is not Status.OPEN:
             moved = await client.patch(
                 f"{ADMIN_URL}/{ticket_id}", json={"status": status.value}, headers=admin
@@ -126,7 +74,7 @@ async def test_get_one_ticket_with_messages(
     clock: Clock,
     settings: Settings,
 ) -> None:
-    created = await create(client, alice, subject="Login fails", category="account")
+    created = await create_ticket(client, alice, subject="Login fails", category="account")
     at = clock.advance(minutes=10)
     reply = await client.post(
         f"{ADMIN_URL}/{created['id']}/messages", json={"body": "try again"}, headers=admin
@@ -145,7 +93,7 @@ async def test_get_one_ticket_with_messages(
         "messages": [created["messages"][0], reply.json()],
     }
 
-    urgent = await create(client, alice, priority="urgent")
+    urgent = await create_ticket(client, alice, priority="urgent")
     staff_view = (await client.get(f"{ADMIN_URL}/{urgent['id']}", headers=admin)).json()
     due = clock.now + timedelta(seconds=settings.sla_urgent_seconds)
     assert staff_view["sla_due_at"] == iso(due)
@@ -158,7 +106,7 @@ async def test_patch_status_priority_and_assignee(
     admin: dict[str, str],
     clock: Clock,
 ) -> None:
-    ticket_id = (await create(client, alice))["id"]
+    ticket_id = (await create_ticket(client, alice))["id"]
     at = clock.advance(minutes=1)
     response = await client.patch(
         f"{ADMIN_URL}/{ticket_id}",
@@ -209,7 +157,7 @@ async def test_patch_status_priority_and_assignee(
 async def test_patch_with_no_fields_changes_nothing(
     client: AsyncTestClient[Any], alice: dict[str, str], admin: dict[str, str]
 ) -> None:
-    ticket_id = (await create(client, alice, priority="high"))["id"]
+    ticket_id = (await create_ticket(client, alice, priority="high"))["id"]
     before = (await client.get(f"{ADMIN_URL}/{ticket_id}", headers=admin)).json()
     response = await client.patch(f"{ADMIN_URL}/{ticket_id}", json={}, headers=admin)
     assert response.status_code == 200, response.text
@@ -222,7 +170,7 @@ async def test_admin_reply_is_marked_as_admin(
     admin: dict[str, str],
     clock: Clock,
 ) -> None:
-    ticket_id = (await create(client, alice))["id"]
+    ticket_id = (await create_ticket(client, alice))["id"]
     at = clock.advance(minutes=4)
     response = await client.post(
         f"{ADMIN_URL}/{ticket_id}/messages", json={"body": "We refunded you."}, headers=admin

@@ -10,11 +10,8 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from domain.settings import Settings
-from tests.conftest import TokenFactory, auth
+from tests.conftest import ADMIN_URL, MISSING_ID, USER_URL, TokenFactory, auth, create_ticket
 
-USER_URL = "/v1/support/tickets"
-ADMIN_URL = "/v1/admin/support/tickets"
-MISSING_ID = "01JN2XG6H7J8K9M0N1P2Q3R4S5"  # a well-formed ULID that no ticket has
 JSON = {"content-type": "application/json"}
 
 
@@ -45,6 +42,7 @@ def error_fields(error: dict[str, Any]) -> set[str | None]:
     return {detail["field"] for detail in error["details"] or []}
 
 
+# This file's own callers (override conftest's ``user`` and ``admin``, alice and agent-7).
 @pytest.fixture
 def user(make_token: TokenFactory) -> dict[str, str]:
     return auth(make_token("user-errors"))
@@ -57,9 +55,7 @@ def admin(make_token: TokenFactory) -> dict[str, str]:
 
 @pytest.fixture
 async def ticket_id(client: AsyncTestClient[Any], user: dict[str, str]) -> str:
-    created = await client.post(USER_URL, json={"subject": "s", "body": "b"}, headers=user)
-    assert created.status_code == 201, created.text
-    value: str = created.json()["id"]
+    value: str = (await create_ticket(client, user))["id"]
     return value
 
 

@@ -3,66 +3,20 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-import pytest
 from litestar.testing import AsyncTestClient
 
 from domain.lifecycle import Category, Priority
-from tests.conftest import TokenFactory, auth
+from tests.conftest import ADMIN_URL, ULID, USER_URL, Clock, create_ticket
 
-USER_URL = "/v1/support/tickets"
-ADMIN_URL = "/v1/admin/support/tickets"
-ULID = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$")
 
 TICKET_KEYS = {"id", "subject", "status", "priority", "category", "assignee_id", "created_at"}
 TICKET_KEYS |= {"updated_at", "messages"}
 SUMMARY_KEYS = TICKET_KEYS - {"messages"}
 MESSAGE_KEYS = {"id", "body", "is_admin", "created_at"}
-
-
-class Clock:
-    """The service's clock, moved by hand so every timestamp in a response is known exactly."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 3, 15, 10, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> str:
-        self.now += timedelta(**delta)
-        return self.iso()
-
-    def iso(self) -> str:
-        return self.now.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@pytest.fixture
-def clock(client: AsyncTestClient[Any]) -> Clock:
-    clock = Clock()
-    client.app.state.service.clock = clock
-    return clock
-
-
-@pytest.fixture
-def user(make_token: TokenFactory) -> dict[str, str]:
-    return auth(make_token("alice"))
-
-
-@pytest.fixture
-def admin(make_token: TokenFactory) -> dict[str, str]:
-    return auth(make_token("agent-7", admin=True))
-
-
-async def create(client: AsyncTestClient[Any], headers: dict[str, str]) -> dict[str, Any]:
-    response = await client.post(USER_URL, json={"subject": "s", "body": "b"}, headers=headers)
-    assert response.status_code == 201, response.text
-    ticket: dict[str, Any] = response.json()
-    return ticket
 
 
 def assert_message(message: dict[str, Any], body: str, is_admin: bool, at: str) -> None:
@@ -175,7 +129,7 @@ async def test_get_returns_every_message_oldest_first(
 async def test_reply_returns_the_created_message(
     client: AsyncTestClient[Any], user: dict[str, str], clock: Clock
 ) -> None:
-    ticket_id = (await create(client, user))["id"]
+    ticket_id = (await create_ticket(client, user))["id"]
     at = clock.advance(minutes=1)
     reply = await client.post(
         f"{USER_URL}/{ticket_id}/messages", json={"body": "more detail"}, headers=user
@@ -190,7 +144,7 @@ async def test_reply_returns_the_created_message(
 async def test_close_returns_the_closed_ticket(
     client: AsyncTestClient[Any], user: dict[str, str], clock: Clock
 ) -> None:
-    created = await create(client, user)
+    created = await create_ticket(client, user)
     at = clock.advance(hours=2)
     closed = await client.post(f"{USER_URL}/{created['id']}/close", headers=user)
     assert closed.status_code == 200, closed.text
@@ -230,7 +184,7 @@ async def test_list_is_an_envelope_newest_first_without_messages(
 async def test_updated_at_changes_on_every_write(
     client: AsyncTestClient[Any], user: dict[str, str], admin: dict[str, str], clock: Clock
 ) -> None:
-    created = await create(client, user)
+    created = await create_ticket(client, user)
     ticket_id, created_at = created["id"], created["created_at"]
     assert created["updated_at"] == created_at
     writes: list[tuple[str, str, str, dict[str, str], Any]] = [
@@ -258,7 +212,7 @@ async def test_updated_at_changes_on_every_write(
 async def test_a_request_that_changes_nothing_keeps_updated_at(
     client: AsyncTestClient[Any], user: dict[str, str], admin: dict[str, str], clock: Clock
 ) -> None:
-    created = await create(client, user)
+    created = await create_ticket(client, user)
     clock.advance(minutes=5)
     for payload in ({}, {"status": "open"}, {"priority": "normal"}, {"assignee_id": None}):
         response = await client.patch(f"{ADMIN_URL}/{created['id']}", json=payload, headers=admin)

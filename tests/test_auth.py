@@ -21,11 +21,14 @@ from litestar.testing import AsyncTestClient
 from api.app import create_app
 from api.cli import main as cli_main
 from domain.settings import ConfigError, Settings
-from tests.conftest import RecordingPublisher, TokenFactory, auth
-
-USER_URL = "/v1/support/tickets"
-ADMIN_URL = "/v1/admin/support/tickets"
-MISSING_ID = "01JN2XG6H7J8K9M0N1P2Q3R4S5"
+from tests.conftest import (
+    ADMIN_URL,
+    MISSING_ID,
+    USER_URL,
+    RecordingPublisher,
+    TokenFactory,
+    auth,
+)
 
 
 def b64url(data: bytes) -> str:

@@ -13,7 +13,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from domain.db import ConnectionGate
 from domain.settings import Settings
-from tests.conftest import TokenFactory, auth
+from tests.conftest import USER_URL, TokenFactory, auth
 
 
 async def _hold_every_slot(gate: ConnectionGate, stack: AsyncExitStack) -> None:
@@ -69,16 +69,16 @@ async def test_api_answers_503_with_retry_after_when_no_connection_frees_up(
     client: AsyncTestClient[Any], settings: Settings, make_token: TokenFactory
 ) -> None:
     token = auth(make_token("alice"))
-    assert (await client.get("/v1/support/tickets", headers=token)).status_code == 200
+    assert (await client.get(USER_URL, headers=token)).status_code == 200
     gate = ConnectionGate(settings, timeout_s=0.2)
     client.app.state.connection_gate = gate
     async with AsyncExitStack() as held:
         await _hold_every_slot(gate, held)
-        busy = await client.get("/v1/support/tickets", headers=token)
+        busy = await client.get(USER_URL, headers=token)
         assert busy.status_code == 503
         assert busy.headers.get("retry-after")
         assert busy.json()["success"] is False
-    assert (await client.get("/v1/support/tickets", headers=token)).status_code == 200
+    assert (await client.get(USER_URL, headers=token)).status_code == 200
 
 
 async def test_readyz_says_unavailable_while_no_slot_frees_up_and_healthz_stays_up(

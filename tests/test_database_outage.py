@@ -14,11 +14,10 @@ from litestar.testing import AsyncTestClient
 from api.app import create_app
 from api.cli import ensure_database, migrate
 from domain.settings import Settings
-from tests.conftest import RecordingPublisher, TokenFactory, auth
+from tests.conftest import USER_URL, RecordingPublisher, TokenFactory, auth
 from tests.processes import PrivatePostgres
 
 pytestmark = pytest.mark.slow
-URL = "/v1/support/tickets"
 
 
 @pytest.fixture
@@ -38,13 +37,13 @@ async def test_database_down_means_503_then_recovery_without_restart(
     async with AsyncTestClient(app=app, timeout=30) as client:
 
         async def create() -> Any:
-            return await client.post(URL, json={"subject": "s", "body": "b"}, headers=token)
+            return await client.post(USER_URL, json={"subject": "s", "body": "b"}, headers=token)
 
         assert (await create()).status_code == 201
         assert (await client.get("/readyz")).status_code == 200
 
         private_pg.stop()
-        for request in (create, lambda: client.get(URL, headers=token)):
+        for request in (create, lambda: client.get(USER_URL, headers=token)):
             started = time.monotonic()
             response = await request()
             assert response.status_code == 503, response.text
@@ -65,5 +64,5 @@ async def test_database_down_means_503_then_recovery_without_restart(
                 break
         assert statuses[-1] == 201, statuses
         assert set(statuses) <= {201, 503}
-        listed = (await client.get(URL, headers=token)).json()
+        listed = (await client.get(USER_URL, headers=token)).json()
         assert listed["pagination"]["total"] == 2

@@ -4,16 +4,13 @@ transient failures are retried, permanent ones are recorded and stopped."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from domain.db import make_engine, make_sessionmaker
 from domain.delivery import (
     DeliveryConfig,
     Outcome,
@@ -27,7 +24,6 @@ from domain.ids import utcnow
 from domain.lifecycle import Priority
 from domain.notifications import Notice
 from domain.policies import TimePolicy
-from domain.settings import Settings
 from domain.tickets import Caller, TicketService
 from workers.channels.recording import RecordingChannel
 
@@ -45,13 +41,6 @@ class FlakyChannel:
         if self.failures:
             raise self.failures.pop(0)
         self.sent.append(notice)
-
-
-@pytest.fixture
-async def sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = make_engine(settings, pool_size=2)
-    yield make_sessionmaker(engine)
-    await engine.dispose()
 
 
 async def new_ticket_event(sessions: async_sessionmaker[AsyncSession]) -> str:

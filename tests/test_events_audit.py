@@ -8,10 +8,14 @@ import psycopg
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import RecordingPublisher, TokenFactory, auth
-
-USER_URL = "/v1/support/tickets"
-ADMIN_URL = "/v1/admin/support/tickets"
+from tests.conftest import (
+    ADMIN_URL,
+    USER_URL,
+    RecordingPublisher,
+    TokenFactory,
+    auth,
+    create_ticket,
+)
 
 
 class CommitCheckingPublisher(RecordingPublisher):
@@ -35,16 +39,6 @@ class CommitCheckingPublisher(RecordingPublisher):
 def publisher(clean_db: str) -> CommitCheckingPublisher:
     """Replaces the shared fixture, so the ``client`` publishes into this one."""
     return CommitCheckingPublisher(clean_db)
-
-
-@pytest.fixture
-def user(make_token: TokenFactory) -> dict[str, str]:
-    return auth(make_token("alice"))
-
-
-@pytest.fixture
-def admin(make_token: TokenFactory) -> dict[str, str]:
-    return auth(make_token("agent-7", admin=True))
 
 
 class Ledger:
@@ -81,13 +75,6 @@ class Ledger:
 @pytest.fixture
 def ledger(db: psycopg.Connection[Any], publisher: CommitCheckingPublisher) -> Ledger:
     return Ledger(db, publisher)
-
-
-async def create_ticket(client: AsyncTestClient[Any], headers: dict[str, str]) -> str:
-    response = await client.post(USER_URL, json={"subject": "s", "body": "b"}, headers=headers)
-    assert response.status_code == 201, response.text
-    ticket_id: str = response.json()["id"]
-    return ticket_id
 
 
 def only(events: list[dict[str, Any]], type_: str) -> dict[str, Any]:
@@ -190,7 +177,7 @@ async def test_each_write_records_its_events(
 async def test_admin_close_and_reopen_events(
     client: AsyncTestClient[Any], user: dict[str, str], admin: dict[str, str], ledger: Ledger
 ) -> None:
-    ticket_id = await create_ticket(client, user)
+    ticket_id = (await create_ticket(client, user))["id"]
     ledger.new_events()
     await client.patch(f"{ADMIN_URL}/{ticket_id}", json={"status": "resolved"}, headers=admin)
     [resolved] = ledger.new_events()
@@ -231,7 +218,7 @@ async def test_failed_writes_leave_no_trace(
     publisher: CommitCheckingPublisher,
     db: psycopg.Connection[Any],
 ) -> None:
-    ticket_id = await create_ticket(client, user)
+    ticket_id = (await create_ticket(client, user))["id"]
     assert (await client.post(f"{USER_URL}/{ticket_id}/close", headers=user)).status_code == 200
     ledger.new_events()
     published = list(publisher.published)

@@ -12,10 +12,8 @@ from litestar.testing import AsyncTestClient
 
 from domain.errors import InvalidTransition, TicketClosed
 from domain.lifecycle import TRANSITIONS, Status, Trigger, can_transition, check_transition
-from tests.conftest import TokenFactory, auth
+from tests.conftest import ADMIN_URL, USER_URL, TokenFactory, auth, create_ticket
 
-USER_URL = "/v1/support/tickets"
-ADMIN_URL = "/v1/admin/support/tickets"
 ACTIVE = [Status.OPEN, Status.IN_PROGRESS, Status.RESOLVED]
 
 
@@ -68,9 +66,7 @@ def test_every_transition(trigger: Trigger, current: Status, requested: Status) 
 async def _ticket_in(
     client: AsyncTestClient[Any], user: dict[str, str], admin: dict[str, str], status: Status
 ) -> str:
-    created = await client.post(USER_URL, json={"subject": "s", "body": "b"}, headers=user)
-    assert created.status_code == 201, created.text
-    ticket_id: str = created.json()["id"]
+    ticket_id: str = (await create_ticket(client, user))["id"]
     if status is Status.CLOSED:
         closed = await client.post(f"{USER_URL}/{ticket_id}/close", headers=user)
         assert closed.status_code == 200, closed.text
@@ -89,6 +85,7 @@ async def _status(client: AsyncTestClient[Any], ticket_id: str, admin: dict[str,
     return status
 
 
+# This file's own callers (override conftest's ``user`` and ``admin``, alice and agent-7).
 @pytest.fixture
 def user(make_token: TokenFactory) -> dict[str, str]:
     return auth(make_token("owner-1"))

@@ -18,12 +18,11 @@ from domain.ids import utcnow
 from domain.logging import configure_logging
 from domain.outbox import EVENTS_QUEUE
 from domain.settings import ConfigError, Settings, load_settings
-from tests.conftest import TokenFactory, auth
+from tests.conftest import USER_URL, TokenFactory, auth
 from tests.processes import ServiceProcess, dramatiq_workers
 from workers.channels import configured_channels
 from workers.channels.recording import RecordingChannel
 
-URL = "/v1/support/tickets"
 SECRET_BODY = "my card number is 4111-1111"
 
 
@@ -40,18 +39,18 @@ async def test_each_request_logs_one_line_without_token_or_body(
     token = make_token("user-1")
     capsys.readouterr()  # start clean
     created = await client.post(
-        URL,
+        USER_URL,
         json={"subject": "Refund", "body": SECRET_BODY},
         headers={**auth(token), "X-Request-ID": "req-log-1"},
     )
-    refused = await client.get(URL, headers=auth(token + "x"))
+    refused = await client.get(USER_URL, headers=auth(token + "x"))
     assert (created.status_code, refused.status_code) == (201, 401)
 
     err = capsys.readouterr().err
     access = [line for line in json_lines(err) if line.get("logger") == "api.access"]
     assert [(a["method"], a["path"], a["status"]) for a in access] == [
-        ("POST", URL, 201),
-        ("GET", URL, 401),
+        ("POST", USER_URL, 201),
+        ("GET", USER_URL, 401),
     ]
     assert access[0]["request_id"] == "req-log-1" == created.headers["x-request-id"]
     assert access[1]["request_id"] == refused.headers["x-request-id"]
@@ -67,7 +66,7 @@ async def test_a_delivery_attempt_logs_its_event_ticket_channel_outcome_and_requ
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     created = await client.post(
-        URL,
+        USER_URL,
         json={"subject": "Refund", "body": "hello"},
         headers={**auth(make_token("user-1")), "X-Request-ID": "req-log-2"},
     )

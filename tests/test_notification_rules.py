@@ -3,7 +3,6 @@ objects."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -22,9 +21,8 @@ from domain.notifications import (
     notice_for,
     recipients_for,
 )
+from tests.conftest import T0, TEAM
 
-NOW = datetime(2026, 3, 15, 10, 0, tzinfo=UTC)
-TEAM = ("team@support.test", "oncall@support.test")
 FULL = Audience(team_emails=TEAM, email_enabled=True, slack_enabled=True)
 
 
@@ -38,8 +36,8 @@ def ticket(**overrides: Any) -> Ticket:
         priority="high",
         category="billing",
         assignee_id=None,
-        created_at=NOW,
-        updated_at=NOW,
+        created_at=T0,
+        updated_at=T0,
     )
     values.update(overrides)
     return Ticket(**values)
@@ -53,7 +51,7 @@ def event(type: str, actor: str = "user-1", admin: bool = False, **payload: Any)
         actor_id=actor,
         actor_is_admin=admin,
         payload=payload,
-        created_at=NOW,
+        created_at=T0,
     )
 
 
@@ -160,15 +158,15 @@ def updated(**changes: Any) -> TicketEvent:
     ids=lambda v: v.type if isinstance(v, TicketEvent) else None,
 )
 def test_each_notice_says_what_happened(evt: TicketEvent, kind: NoticeKind) -> None:
-    notice = notice_for(evt, ticket(sla_due_at=NOW), Recipient(EMAIL, "a@x.test"), message=None)
+    notice = notice_for(evt, ticket(sla_due_at=T0), Recipient(EMAIL, "a@x.test"), message=None)
     assert notice.kind is kind
     # The deadline is news only in a breach.
-    assert notice.sla_due_at == (NOW if kind is NoticeKind.SLA_BREACHED else None)
+    assert notice.sla_due_at == (T0 if kind is NoticeKind.SLA_BREACHED else None)
 
 
 def test_the_notice_carries_the_ticket_and_the_reply() -> None:
     msg = Message(
-        id="m", ticket_id="t", author_id="agent", is_admin=True, body="On it", created_at=NOW
+        id="m", ticket_id="t", author_id="agent", is_admin=True, body="On it", created_at=T0
     )
     evt = event(EventType.MESSAGE_CREATED, "agent", True, is_admin=True)
     notice = notice_for(
@@ -187,5 +185,5 @@ def test_the_notice_carries_the_ticket_and_the_reply() -> None:
         requester="user-1",
         assignee="agent",
         sla_due_at=None,
-        reply=Reply(by_support=True, written_at=NOW, body="On it"),
+        reply=Reply(by_support=True, written_at=T0, body="On it"),
     )

@@ -3,27 +3,16 @@ growing pause, handled ones never."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import psycopg
-import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from domain.db import make_engine, make_sessionmaker
 from domain.outbox import claim_events_to_publish
-from domain.settings import Settings
+from tests.conftest import T0
 
-T0 = datetime(2026, 3, 15, 10, 0, tzinfo=UTC)
 GRACE, AFTER = timedelta(seconds=5), timedelta(seconds=60)
-
-
-@pytest.fixture
-async def sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = make_engine(settings, pool_size=2)
-    yield make_sessionmaker(engine)
-    await engine.dispose()
 
 
 def add_event(

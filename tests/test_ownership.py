@@ -5,31 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import TokenFactory, auth
-
-USER_URL = "/v1/support/tickets"
-ADMIN_URL = "/v1/admin/support/tickets"
-MISSING_ID = "01JN2XG6H7J8K9M0N1P2Q3R4S5"
-
-
-@pytest.fixture
-def alice(make_token: TokenFactory) -> dict[str, str]:
-    return auth(make_token("alice"))
-
-
-@pytest.fixture
-def bob(make_token: TokenFactory) -> dict[str, str]:
-    return auth(make_token("bob"))
-
-
-async def create(client: AsyncTestClient[Any], headers: dict[str, str], subject: str) -> str:
-    response = await client.post(USER_URL, json={"subject": subject, "body": "b"}, headers=headers)
-    assert response.status_code == 201, response.text
-    ticket_id: str = response.json()["id"]
-    return ticket_id
+from tests.conftest import ADMIN_URL, MISSING_ID, USER_URL, TokenFactory, auth, create_ticket
 
 
 def snapshot(db: psycopg.Connection[Any]) -> tuple[Any, ...]:
@@ -48,7 +26,7 @@ async def test_another_users_ticket_looks_exactly_like_a_missing_one(
     make_token: TokenFactory,
     db: psycopg.Connection[Any],
 ) -> None:
-    ticket_id = await create(client, alice, "alice's problem")
+    ticket_id = (await create_ticket(client, alice, subject="alice's problem"))["id"]
     before = snapshot(db)
     other_users = {"bob": bob, "an admin on the user routes": auth(make_token("root", admin=True))}
     for who, headers in other_users.items():
@@ -81,8 +59,8 @@ async def test_lists_show_only_the_callers_own_tickets(
     bob: dict[str, str],
     make_token: TokenFactory,
 ) -> None:
-    alices = {await create(client, alice, f"alice {i}") for i in range(3)}
-    bobs = {await create(client, bob, f"bob {i}") for i in range(2)}
+    alices = {(await create_ticket(client, alice, subject=f"alice {i}"))["id"] for i in range(3)}
+    bobs = {(await create_ticket(client, bob, subject=f"bob {i}"))["id"] for i in range(2)}
 
     bob_list = (await client.get(USER_URL, headers=bob)).json()
     assert {t["id"] for t in bob_list["data"]} == bobs
@@ -105,7 +83,7 @@ async def test_lists_show_only_the_callers_own_tickets(
 async def test_non_admin_gets_403_on_every_admin_route(
     client: AsyncTestClient[Any], alice: dict[str, str], db: psycopg.Connection[Any]
 ) -> None:
-    ticket_id = await create(client, alice, "mine")
+    ticket_id = (await create_ticket(client, alice, subject="mine"))["id"]
     before = snapshot(db)
     routes: list[tuple[str, str, Any]] = [
         ("GET", ADMIN_URL, None),

@@ -8,12 +8,10 @@ from typing import Any
 import pytest
 from litestar.testing import AsyncTestClient
 
-from tests.conftest import TokenFactory, auth
-
-USER_URL = "/v1/support/tickets"
-ADMIN_URL = "/v1/admin/support/tickets"
+from tests.conftest import ADMIN_URL, USER_URL, TokenFactory, auth, create_ticket
 
 
+# This file's own callers (override conftest's ``user`` and ``admin``, alice and agent-7).
 @pytest.fixture
 def user(make_token: TokenFactory) -> dict[str, str]:
     return auth(make_token("pager"))
@@ -26,13 +24,7 @@ def admin(make_token: TokenFactory) -> dict[str, str]:
 
 async def create_many(client: AsyncTestClient[Any], headers: dict[str, str], n: int) -> list[str]:
     """Create ``n`` tickets; returns their ids newest first (the order lists must use)."""
-    ids = []
-    for i in range(n):
-        response = await client.post(
-            USER_URL, json={"subject": f"ticket {i}", "body": "b"}, headers=headers
-        )
-        assert response.status_code == 201, response.text
-        ids.append(response.json()["id"])
+    ids = [(await create_ticket(client, headers, subject=f"ticket {i}"))["id"] for i in range(n)]
     return ids[::-1]
 
 

@@ -11,14 +11,11 @@ import pytest
 from litestar.testing import AsyncTestClient
 
 from domain.outbox import EVENTS_QUEUE, MAINTENANCE_QUEUE, NOTIFICATIONS_QUEUE
-from tests.conftest import TEAM, TokenFactory, auth
+from tests.conftest import ADMIN_URL, TEAM, USER_URL, TokenFactory, auth
 from tests.processes import ServiceProcess, dramatiq_workers
 from tests.sinks import HttpSink, SmtpSink, eventually
 
 pytestmark = pytest.mark.slow
-
-USER_URL = "/v1/support/tickets"
-ADMIN_URL = "/v1/admin/support/tickets"
 
 
 @pytest.fixture

@@ -17,10 +17,8 @@ from api.app import create_app
 from api.publisher import make_publisher
 from domain.db import make_engine, make_sessionmaker
 from domain.settings import Settings, load_settings
-from tests.conftest import TokenFactory, auth
+from tests.conftest import TokenFactory, auth, create_ticket
 from tests.sinks import eventually
-
-URL = "/v1/support/tickets"
 
 
 def publication(db: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
@@ -32,10 +30,7 @@ def publication(db: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
 
 async def create(client: AsyncTestClient[Any], token: str, count: int) -> None:
     for n in range(count):
-        response = await client.post(
-            URL, json={"subject": f"T{n}", "body": "x"}, headers=auth(token)
-        )
-        assert response.status_code == 201, response.text
+        await create_ticket(client, auth(token), subject=f"T{n}", body="x")
 
 
 async def test_each_event_is_marked_published_once_with_its_send_time(

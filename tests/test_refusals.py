@@ -23,11 +23,8 @@ from litestar.testing import AsyncTestClient
 from api.app import create_app
 from domain.settings import Settings
 from domain.tickets import TicketService
-from tests.conftest import RecordingPublisher, TokenFactory, auth
+from tests.conftest import ADMIN_URL, MISSING_ID, USER_URL, RecordingPublisher, TokenFactory, auth
 
-URL = "/v1/support/tickets"
-ADMIN_URL = "/v1/admin/support/tickets"
-MISSING_ID = "01JN2XG6H7J8K9M0N1P2Q3R4S5"
 REFUSALS = 2_000
 CONCURRENCY = 16
 RATE_LIMIT = 5
@@ -46,45 +43,47 @@ async def _post(client: AsyncTestClient[Any], url: str, token: str, body: bytes,
 
 
 CASES = [
-    Refusal("401 bad token", 401, lambda c, k: c.get(URL, headers=auth("not-a-token"))),
+    Refusal("401 bad token", 401, lambda c, k: c.get(USER_URL, headers=auth("not-a-token"))),
     Refusal("403 user on admin route", 403, lambda c, k: c.get(ADMIN_URL, headers=k["user"])),
     Refusal(
-        "404 missing ticket", 404, lambda c, k: c.get(f"{URL}/{MISSING_ID}", headers=k["user"])
+        "404 missing ticket", 404, lambda c, k: c.get(f"{USER_URL}/{MISSING_ID}", headers=k["user"])
     ),
     Refusal(
         "409 reply to a closed ticket",
         409,
         lambda c, k: c.post(
-            f"{URL}/{k['closed']}/messages", json={"body": "hi"}, headers=k["user"]
+            f"{USER_URL}/{k['closed']}/messages", json={"body": "hi"}, headers=k["user"]
         ),
     ),
     Refusal(
         "413 body too large",
         413,
-        lambda c, k: c.post(URL, json={"subject": "s", "body": "x" * 70_000}, headers=k["user"]),
+        lambda c, k: c.post(
+            USER_URL, json={"subject": "s", "body": "x" * 70_000}, headers=k["user"]
+        ),
     ),
     Refusal(
         "415 not JSON",
         415,
-        lambda c, k: _post(c, URL, k["token"], b"subject=s&body=b", "text/plain"),
+        lambda c, k: _post(c, USER_URL, k["token"], b"subject=s&body=b", "text/plain"),
     ),
     Refusal(
         "400 malformed JSON",
         400,
-        lambda c, k: _post(c, URL, k["token"], b'{"subject": ', "application/json"),
+        lambda c, k: _post(c, USER_URL, k["token"], b'{"subject": ', "application/json"),
     ),
     Refusal(
         "400 invalid field (checked after the session is taken)",
         400,
-        lambda c, k: c.post(URL, json={"subject": " ", "body": "b"}, headers=k["user"]),
+        lambda c, k: c.post(USER_URL, json={"subject": " ", "body": "b"}, headers=k["user"]),
     ),
     Refusal(
         "400 bad query parameter",
         400,
-        lambda c, k: c.get(URL, params={"page": "0"}, headers=k["user"]),
+        lambda c, k: c.get(USER_URL, params={"page": "0"}, headers=k["user"]),
     ),
-    Refusal("429 over the rate limit", 429, lambda c, k: c.get(URL, headers=k["flooder"])),
-    Refusal("500 handler raises", 500, lambda c, k: c.get(URL, headers=k["broken"])),
+    Refusal("429 over the rate limit", 429, lambda c, k: c.get(USER_URL, headers=k["flooder"])),
+    Refusal("500 handler raises", 500, lambda c, k: c.get(USER_URL, headers=k["broken"])),
 ]
 
 
@@ -143,10 +142,10 @@ async def test_refused_requests_release_everything_and_log_no_error(
 ) -> None:
     user = make_token("alice")
     async with AsyncTestClient(app=app) as client:
-        closed = await client.post(URL, json={"subject": "s", "body": "b"}, headers=auth(user))
+        closed = await client.post(USER_URL, json={"subject": "s", "body": "b"}, headers=auth(user))
         closed_id = closed.json()["id"]
         assert (
-            await client.post(f"{URL}/{closed_id}/close", headers=auth(user))
+            await client.post(f"{USER_URL}/{closed_id}/close", headers=auth(user))
         ).status_code == 200
         if case.status == 429:
             app.state.rate_limiter.item = type(app.state.rate_limiter.item)(RATE_LIMIT)
@@ -167,7 +166,7 @@ async def test_refused_requests_release_everything_and_log_no_error(
         assert statuses[case.status] == expected, statuses
         assert free_resources(app) == (slots, 0)
         bystander = auth(make_token("bystander"))
-        answered = await client.get(URL, headers=bystander)
+        answered = await client.get(USER_URL, headers=bystander)
         assert answered.status_code == 200
         assert (await client.get("/readyz")).status_code == 200
 

@@ -6,21 +6,17 @@ same rows and the same events. A change to one twin alone fails here."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import psycopg
-import pytest
 from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from domain.db import make_engine, make_sessionmaker
 from domain.ids import new_id
 from domain.lifecycle import Priority, Status
 from domain.models import Ticket
 from domain.policies import TimePolicy
-from domain.settings import Settings
 from domain.timers import close_resolved_due, fire_sla_breaches
 
 NOW = datetime(2026, 3, 13, 16, 50, tzinfo=UTC)
@@ -71,13 +67,6 @@ def every_case() -> list[Ticket]:
             )
         )
     return tickets
-
-
-@pytest.fixture
-async def sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = make_engine(settings, pool_size=2)
-    yield make_sessionmaker(engine)
-    await engine.dispose()
 
 
 def row_of(ticket: Ticket) -> dict[str, Any]:

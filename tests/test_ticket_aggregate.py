@@ -3,7 +3,7 @@ sets every timestamp, arms or disarms the SLA clock and returns exactly the even
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -19,8 +19,8 @@ from domain.lifecycle import (
 )
 from domain.models import Ticket
 from domain.policies import TimePolicy
+from tests.conftest import T0
 
-T0 = datetime(2026, 3, 15, 10, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
 POLICY = TimePolicy(sla_urgent=timedelta(minutes=30), auto_close_after=timedelta(days=7))
 OWNER = Caller("user-1", email="user@example.com")

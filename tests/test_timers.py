@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from domain.db import make_engine, make_sessionmaker
 from domain.events import EventType
 from domain.lifecycle import Caller, Priority, Status, TicketChanges
 from domain.policies import TimePolicy
-from domain.settings import Settings
 from domain.tickets import TicketService
 from domain.timers import (
     WAKEUP_MARGIN,
@@ -23,31 +20,17 @@ from domain.timers import (
     fire_sla_breaches,
     sla_wakeup_delay,
 )
+from tests.conftest import T0, Clock
 
 SLA = timedelta(seconds=60)
 AUTO_CLOSE = timedelta(seconds=300)
-T0 = datetime(2026, 3, 15, 10, 0, tzinfo=UTC)
 USER = Caller("user-1", email="user@example.com")
 ADMIN = Caller("agent-1", is_admin=True)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def at(self, seconds: float) -> datetime:
-        self.now = T0 + timedelta(seconds=seconds)
-        return self.now
-
-
 @pytest.fixture
-async def sessions(settings: Settings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    engine = make_engine(settings, pool_size=4)
-    yield make_sessionmaker(engine)
-    await engine.dispose()
+def sessions_pool_size() -> int:
+    return 4  # the concurrent-sweep tests run up to four sweeps at once
 
 
 class World:

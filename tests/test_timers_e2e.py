@@ -16,17 +16,13 @@ from dramatiq.brokers.redis import RedisBroker
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
-from domain.outbox import ALL_QUEUES, SLA_CHECK_ACTOR, SLA_QUEUE
+from domain.outbox import SLA_CHECK_ACTOR, SLA_QUEUE
 from domain.settings import load_settings
-from tests.conftest import TEAM, TokenFactory, auth
+from tests.conftest import ADMIN_URL, QUEUES, TEAM, USER_URL, TokenFactory, auth, create_ticket
 from tests.processes import ServiceProcess, dramatiq_workers, scheduler
 from tests.sinks import SmtpSink, eventually
 
 pytestmark = pytest.mark.slow
-
-QUEUES = list(ALL_QUEUES)
-USER_URL = "/v1/support/tickets"
-ADMIN_URL = "/v1/admin/support/tickets"
 
 
 @pytest.fixture
@@ -45,13 +41,8 @@ def breach_mails(sink: SmtpSink) -> list[Any]:
 
 
 async def create(client: AsyncTestClient[Any], token: str, priority: str) -> str:
-    response = await client.post(
-        USER_URL,
-        json={"subject": f"{priority} thing", "body": "help", "priority": priority},
-        headers=auth(token),
-    )
-    assert response.status_code == 201
-    return str(response.json()["id"])
+    fields = {"subject": f"{priority} thing", "body": "help", "priority": priority}
+    return str((await create_ticket(client, auth(token), **fields))["id"])
 
 
 async def test_escalation_at_the_deadline_and_none_when_answered_in_time(
