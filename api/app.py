@@ -22,7 +22,9 @@ from api.deps import (
     provide_session,
 )
 from api.errors import EXCEPTION_HANDLERS
+from api.etags import EXCEPTION_HANDLERS as VERSION_HANDLERS
 from api.guards import authenticate, json_bodies_only, within_rate_limit
+from api.idempotency import EXCEPTION_HANDLERS as IDEMPOTENCY_HANDLERS
 from api.publisher import make_publisher
 from api.rate_limit import UserRateLimiter
 from api.request_log import request_log_middleware
@@ -31,6 +33,7 @@ from api.routes.admin_tickets import AdminTicketController
 from api.routes.health import healthz, readyz
 from api.routes.user_tickets import UserTicketController
 from domain.db import ConnectionGate, make_engine, make_sessionmaker
+from domain.idempotency import IdempotencyKeys
 from domain.logging import configure_logging
 from domain.policies import TimePolicy
 from domain.settings import Settings, load_settings
@@ -82,7 +85,7 @@ def create_app(
             "db": Provide(provide_direct),
             "service": Provide(provide_service, sync_to_thread=False),
         },
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers={**EXCEPTION_HANDLERS, **IDEMPOTENCY_HANDLERS, **VERSION_HANDLERS},
         # Outermost first: the access line covers everything; resources are released inside it.
         middleware=[request_log_middleware, request_resources_middleware],
         lifespan=[lifespan],
@@ -120,5 +123,6 @@ def _initial_state(
         "settings": settings,
         "verifier": verifier,
         "service": TicketService(policy),
+        "idempotency_keys": IdempotencyKeys(),
         "rate_limiter": limiter,
     }

@@ -135,6 +135,14 @@ class ErrorResponse(msgspec.Struct):
     success: bool = False
 
 
+class PreconditionFailedResponse(msgspec.Struct):
+    """A 412: the error, and the ticket as it is now (its ETag is in the ``ETag`` header)."""
+
+    error: ErrorBody
+    ticket: AdminTicketOut
+    success: bool = False
+
+
 # -- conversions -----------------------------------------------------------------------------
 
 

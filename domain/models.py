@@ -26,7 +26,7 @@ from sqlalchemy import (
     bindparam,
     literal,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import BYTEA, JSONB, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from domain.errors import TicketClosed
@@ -69,6 +69,9 @@ class Ticket(Base):
     first_admin_reply_at: Mapped[datetime | None] = mapped_column(TZ)
     sla_due_at: Mapped[datetime | None] = mapped_column(TZ)
     sla_breached_at: Mapped[datetime | None] = mapped_column(TZ)
+    # The subject's text-search document (weight A), kept by a trigger (migration 0004); never
+    # loaded with the ticket, only searched (domain/search.py).
+    search_vector: Mapped[Any] = mapped_column(TSVECTOR, deferred=True)
 
     # -- the lifecycle: each method checks the rules, changes the ticket, returns its events ---
 
@@ -341,6 +344,8 @@ class Message(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean)
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(TZ)
+    # The body's text-search document, kept by a trigger (migration 0004); only searched.
+    search_vector: Mapped[Any] = mapped_column(TSVECTOR, deferred=True)
 
     # Declared so the unit of work inserts the ticket before its rows; never loaded implicitly.
     ticket: Mapped[Ticket] = relationship(lazy="raise")
@@ -392,3 +397,18 @@ class Staff(Base):
     user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     email: Mapped[str] = mapped_column(String(320))
     updated_at: Mapped[datetime] = mapped_column(TZ)
+
+
+class IdempotencyKey(Base):
+    """A caller's ``Idempotency-Key`` and the response its request got (domain/idempotency.py).
+    Written in the transaction of the write it guards, so neither exists without the other."""
+
+    __tablename__ = "idempotency_keys"
+
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))  # sha256 of method, path and body
+    request_path: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(TZ)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response_body: Mapped[bytes | None] = mapped_column(BYTEA)

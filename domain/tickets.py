@@ -23,19 +23,20 @@ from domain.ids import is_valid_id, utcnow
 from domain.lifecycle import Caller, CloseReason, Priority, Status, TicketChanges, Trigger
 from domain.models import Message, Staff, Ticket
 from domain.policies import TimePolicy
+from domain.search import TICKET_COLUMNS, QueueFilter, queue_page
 from domain.ticket_sql import INSERT_CREATED, insert_created_params
+from domain.versions import ROW_VERSION, VersionCondition, VersionMismatch, ticket_version
 
 __all__ = ["Caller", "Page", "TicketChanges", "TicketRow", "TicketService", "TicketView"]
 
 MAX_PER_PAGE = 100
-_TICKET_COLUMNS = tuple(Ticket.__table__.columns)
 
 
 def _page_query(*where: Any) -> Select[Any]:
     """A page of tickets, newest first, each row carrying the total of the whole list (a window
     count: one round trip instead of the page and a count)."""
     return (
-        select(*_TICKET_COLUMNS, func.count().over().label("total"))
+        select(*TICKET_COLUMNS, func.count().over().label("total"))
         .where(*where)
         .order_by(Ticket.created_at.desc(), Ticket.id.desc())
         .limit(bindparam("limit", type_=Integer))
@@ -44,16 +45,26 @@ def _page_query(*where: Any) -> Select[Any]:
 
 
 # The owner's list is a hot path: its statements are built once (the direct connection runs
-# them from their compiled text, domain/db.py).
+# them from their compiled text, domain/db.py). Filtered by status it has statements of its own,
+# so the unfiltered list stays exactly what it was.
 _OWNERS = Ticket.user_id == bindparam("user_id", type_=String)
 _OWNER_PAGE = _page_query(_OWNERS)
 _OWNER_COUNT = select(func.count()).select_from(Ticket).where(_OWNERS)
+_WITH_STATUS = Ticket.status == bindparam("status", type_=String)
+_OWNER_STATUS_PAGE = _page_query(_OWNERS, _WITH_STATUS)
+_OWNER_STATUS_COUNT = select(func.count()).select_from(Ticket).where(_OWNERS, _WITH_STATUS)
 
 
 @dataclass(frozen=True)
 class TicketView:
+    """A ticket with its messages, oldest first, and its version (domain/versions.py; empty
+    where it was not read). ``not_modified``: the caller already had this version, so the
+    messages were not read."""
+
     ticket: Ticket
     messages: Sequence[Message]
+    version: str = ""
+    not_modified: bool = False
 
 
 class TicketRow(Protocol):
@@ -108,8 +119,20 @@ class TicketService:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    async def list_for_user(self, db: Executor, user_id: str, *, page: int, per_page: int) -> Page:
-        return await self._page(db, _OWNER_PAGE, _OWNER_COUNT, {"user_id": user_id}, page, per_page)
+    async def list_for_user(
+        self,
+        db: Executor,
+        user_id: str,
+        *,
+        page: int,
+        per_page: int,
+        status: Status | None = None,
+    ) -> Page:
+        if status is None:
+            params: dict[str, Any] = {"user_id": user_id}
+            return await self._page(db, _OWNER_PAGE, _OWNER_COUNT, params, page, per_page)
+        params = {"user_id": user_id, "status": status.value}
+        return await self._page(db, _OWNER_STATUS_PAGE, _OWNER_STATUS_COUNT, params, page, per_page)
 
     async def list_all(
         self,
@@ -121,17 +144,16 @@ class TicketService:
         priority: Priority | None = None,
         breached: bool | None = None,
     ) -> Page:
-        where: list[Any] = []
-        if status is not None:
-            where.append(Ticket.status == status.value)
-        if priority is not None:
-            where.append(Ticket.priority == priority.value)
-        if breached is True:
-            where.append(Ticket.sla_breached_at.is_not(None))
-        elif breached is False:
-            where.append(Ticket.sla_breached_at.is_(None))
-        count = select(func.count()).select_from(Ticket).where(*where)
-        return await self._page(session, _page_query(*where), count, {}, page, per_page)
+        query = QueueFilter(status=status, priority=priority, breached=breached)
+        return await self.search(session, query, page=page, per_page=per_page)
+
+    async def search(
+        self, session: AsyncSession, query: QueueFilter, *, page: int, per_page: int
+    ) -> Page:
+        """The support team's queue: ``query``'s filters, text search and sort
+        (domain/search.py)."""
+        page_query, count = queue_page(query)
+        return await self._page(session, page_query, count, {}, page, per_page)
 
     @staticmethod
     async def _page(
@@ -156,14 +178,36 @@ class TicketService:
         return Page(items=items, page=page, per_page=per_page, total=total)
 
     async def get_for_user(
-        self, session: AsyncSession, ticket_id: str, caller: Caller
+        self,
+        session: AsyncSession,
+        ticket_id: str,
+        caller: Caller,
+        *,
+        unless: VersionCondition | None = None,
     ) -> TicketView:
-        ticket = await self._owned(session, ticket_id, caller, lock=False)
-        return TicketView(ticket, await self._messages(session, ticket.id))
+        """The caller's own ticket; only its version if ``unless`` matches it (If-None-Match)."""
+        ticket, version = await self._load_versioned(session, ticket_id, lock=False)
+        if ticket.user_id != caller.user_id:
+            raise NotFound()
+        return await self._view(session, ticket, version, unless)
 
-    async def get(self, session: AsyncSession, ticket_id: str) -> TicketView:
-        ticket = await self._load(session, ticket_id, lock=False)
-        return TicketView(ticket, await self._messages(session, ticket.id))
+    async def get(
+        self, session: AsyncSession, ticket_id: str, *, unless: VersionCondition | None = None
+    ) -> TicketView:
+        """Any ticket (the support team); only its version if ``unless`` matches it."""
+        ticket, version = await self._load_versioned(session, ticket_id, lock=False)
+        return await self._view(session, ticket, version, unless)
+
+    async def _view(
+        self,
+        session: AsyncSession,
+        ticket: Ticket,
+        version: str,
+        unless: VersionCondition | None,
+    ) -> TicketView:
+        if unless is not None and unless.matches(version):
+            return TicketView(ticket, (), version, not_modified=True)
+        return TicketView(ticket, await self._messages(session, ticket.id), version)
 
     # -- user writes ---------------------------------------------------------------------------
 
@@ -218,9 +262,16 @@ class TicketService:
     # -- admin writes --------------------------------------------------------------------------
 
     async def reply_as_admin(
-        self, session: AsyncSession, ticket_id: str, caller: Caller, *, body: str
+        self,
+        session: AsyncSession,
+        ticket_id: str,
+        caller: Caller,
+        *,
+        body: str,
+        expected: VersionCondition | None = None,
     ) -> Message:
-        ticket = await self._load(session, ticket_id, lock=True)
+        """An agent's reply; with ``expected`` (If-Match), only to that version of the ticket."""
+        ticket = await self._load_expected(session, ticket_id, expected)
         now = self.clock()
         message, new = ticket.reply_as_agent(caller, body, now=now)
         await remember_staff_email(session, caller, now)
@@ -228,14 +279,23 @@ class TicketService:
         return message
 
     async def update_as_admin(
-        self, session: AsyncSession, ticket_id: str, caller: Caller, change: TicketChanges
+        self,
+        session: AsyncSession,
+        ticket_id: str,
+        caller: Caller,
+        change: TicketChanges,
+        *,
+        expected: VersionCondition | None = None,
     ) -> TicketView:
-        ticket = await self._load(session, ticket_id, lock=True)
+        """An agent's change; with ``expected`` (If-Match), only to that version of the
+        ticket. The view has the ticket's new version."""
+        ticket = await self._load_expected(session, ticket_id, expected)
         now = self.clock()
         new = ticket.change(change, caller, now=now, policy=self.policy)
         await remember_staff_email(session, caller, now)
         await self._save(session, new)
-        return TicketView(ticket, await self._messages(session, ticket.id))
+        messages = await self._messages(session, ticket.id)
+        return TicketView(ticket, messages, await self._current_version(session, ticket))
 
     # -- timers --------------------------------------------------------------------------------
 
@@ -265,6 +325,42 @@ class TicketService:
         if ticket is None:
             raise NotFound()
         return ticket
+
+    async def _load_versioned(
+        self, session: AsyncSession, ticket_id: str, *, lock: bool
+    ) -> tuple[Ticket, str]:
+        """The ticket and its version, read in one statement (under the row lock if ``lock``:
+        then the version is that of the row the change will apply to)."""
+        if not is_valid_id(ticket_id):
+            raise NotFound()
+        query = select(Ticket, ROW_VERSION).where(Ticket.id == ticket_id)
+        if lock:
+            query = query.with_for_update().execution_options(populate_existing=True)
+        row = (await session.execute(query)).one_or_none()
+        if row is None:
+            raise NotFound()
+        ticket, row_version = row
+        return ticket, ticket_version(ticket.id, row_version, ticket.updated_at)
+
+    async def _load_expected(
+        self, session: AsyncSession, ticket_id: str, expected: VersionCondition | None
+    ) -> Ticket:
+        """Lock the ticket; if ``expected`` no longer matches its version, raise
+        :class:`VersionMismatch` with the ticket as it is (checked under the lock, so no change
+        can slip in between the check and the write)."""
+        if expected is None:
+            return await self._load(session, ticket_id, lock=True)
+        ticket, version = await self._load_versioned(session, ticket_id, lock=True)
+        if not expected.matches(version):
+            raise VersionMismatch(ticket, await self._messages(session, ticket.id), version)
+        return ticket
+
+    @staticmethod
+    async def _current_version(session: AsyncSession, ticket: Ticket) -> str:
+        """The version of the ticket's row as this transaction left it (after a flush)."""
+        query = select(ROW_VERSION).where(Ticket.id == ticket.id)
+        row_version = (await session.execute(query)).scalar_one()
+        return ticket_version(ticket.id, row_version, ticket.updated_at)
 
     async def _owned(
         self, session: AsyncSession, ticket_id: str, caller: Caller, *, lock: bool

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
-from litestar import Controller, get, patch, post
+from litestar import Controller, Request, Response, get, patch, post
 from litestar.datastructures import State
-from litestar.params import FromQuery, JSONBody
+from litestar.di import NamedDependency, Provide
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_201_CREATED
 
 from api import responses
 from api.deps import CallerDep, ServiceDep, SessionDep, commit
+from api.etags import (
+    ETAG,
+    IfMatchHeader,
+    IfNoneMatchHeader,
+    if_match,
+    if_none_match,
+    not_modified,
+    with_etag,
+)
 from api.guards import admin_only
-from api.routes.params import PageNumber, PerPage, TicketId, capped
+from api.idempotency import REPLAYED, IdempotencyKeyHeader, write_once
+from api.routes.params import PageNumber, PerPage, TicketId, capped, provide_queue_filter
 from api.schemas import (
     AdminTicketList,
     AdminTicketOut,
@@ -22,7 +35,8 @@ from api.schemas import (
     admin_ticket_out,
     message_out,
 )
-from domain.lifecycle import UNSET, Priority, Status, TicketChanges
+from domain.lifecycle import UNSET, TicketChanges
+from domain.search import QueueFilter
 
 
 class AdminTicketController(Controller):
@@ -31,38 +45,49 @@ class AdminTicketController(Controller):
     guards = [admin_only]
     security = [{"BearerToken": []}]
 
-    @get("/", responses=responses.admin(responses.READ), summary="All tickets, newest first")
+    @get(
+        "/",
+        responses=responses.admin(responses.READ),
+        dependencies={"queue": Provide(provide_queue_filter, sync_to_thread=False)},
+        summary="The queue: all tickets, filtered, searched and sorted (newest first)",
+        description=(
+            "Every filter is optional and they combine (AND). `q` searches subjects and "
+            "messages and sorts by relevance. Same envelope as the user's list."
+        ),
+    )
     async def list_tickets(
         self,
-        caller: CallerDep,
+        queue: NamedDependency[QueueFilter],
         session: SessionDep,
         service: ServiceDep,
         page: PageNumber = 1,
         per_page: PerPage = 20,
-        status: FromQuery[Status | None] = None,
-        priority: FromQuery[Priority | None] = None,
-        breached: FromQuery[bool | None] = None,
     ) -> AdminTicketList:
-        result = await service.list_all(
-            session,
-            page=page,
-            per_page=capped(per_page),
-            status=status,
-            priority=priority,
-            breached=breached,
-        )
+        result = await service.search(session, queue, page=page, per_page=capped(per_page))
         return admin_ticket_list(result)
 
-    @get("/{ticket_id:str}", responses=responses.admin(responses.READ_ONE), summary="One ticket")
+    @get(
+        "/{ticket_id:str}",
+        responses=responses.admin(responses.conditional_read(responses.READ_ONE)),
+        response_headers=[ETAG],
+        summary="One ticket",
+    )
     async def get_ticket(
-        self, ticket_id: TicketId, caller: CallerDep, session: SessionDep, service: ServiceDep
-    ) -> AdminTicketOut:
-        view = await service.get(session, ticket_id)
-        return admin_ticket_out(view.ticket, view.messages)
+        self,
+        ticket_id: TicketId,
+        session: SessionDep,
+        service: ServiceDep,
+        if_none_match_header: IfNoneMatchHeader = None,
+    ) -> Response[AdminTicketOut]:
+        view = await service.get(session, ticket_id, unless=if_none_match(if_none_match_header))
+        if view.not_modified:
+            return not_modified(view.version)
+        return with_etag(admin_ticket_out(view.ticket, view.messages), view.version)
 
     @patch(
         "/{ticket_id:str}",
-        responses=responses.admin(responses.WRITE_ONE),
+        responses=responses.admin(responses.conditional_write(responses.WRITE_ONE)),
+        response_headers=[ETAG],
         summary="Change status, priority or assignee (assignee_id null unassigns)",
     )
     async def update_ticket(
@@ -73,31 +98,55 @@ class AdminTicketController(Controller):
         session: SessionDep,
         service: ServiceDep,
         state: State,
-    ) -> AdminTicketOut:
+        if_match_header: IfMatchHeader = None,
+    ) -> Response[AdminTicketOut]:
         change = TicketChanges(
             status=data.status,
             priority=data.priority,
             assignee_id=UNSET if data.assignee_id is msgspec.UNSET else data.assignee_id,
         )
-        view = await service.update_as_admin(session, ticket_id, caller, change)
+        view = await service.update_as_admin(
+            session, ticket_id, caller, change, expected=if_match(if_match_header)
+        )
         await commit(session, state)
-        return admin_ticket_out(view.ticket, view.messages)
+        return with_etag(admin_ticket_out(view.ticket, view.messages), view.version)
 
     @post(
         "/{ticket_id:str}/messages",
         status_code=HTTP_201_CREATED,
-        responses=responses.admin(responses.WRITE_ONE),
+        responses=responses.admin(
+            responses.conditional_write(responses.idempotent(responses.WRITE_ONE))
+        ),
+        response_headers=[REPLAYED],
         summary="Admin reply",
     )
     async def reply(
         self,
+        request: Request[Any, Any, Any],
         ticket_id: TicketId,
         data: JSONBody[CreateMessage],
         caller: CallerDep,
         session: SessionDep,
         service: ServiceDep,
         state: State,
-    ) -> MessageOut:
-        message = await service.reply_as_admin(session, ticket_id, caller, body=data.body)
-        await commit(session, state)
-        return message_out(message)
+        idempotency_key: IdempotencyKeyHeader = None,
+        if_match_header: IfMatchHeader = None,
+    ) -> Response[MessageOut]:
+        expected = if_match(if_match_header)
+
+        async def reply() -> MessageOut:
+            message = await service.reply_as_admin(
+                session, ticket_id, caller, body=data.body, expected=expected
+            )
+            return message_out(message)
+
+        return await write_once(
+            request,
+            session,
+            caller,
+            state,
+            key=idempotency_key,
+            status_code=HTTP_201_CREATED,
+            payload=data,
+            write=reply,
+        )

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from litestar import Controller, get, post
+from typing import Any
+
+from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import JSONBody
+from litestar.params import FromQuery, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from api import responses
-from api.deps import CallerDep, DirectDep, ServiceDep, SessionDep, commit
+from api.deps import CallerDep, DirectDep, ServiceDep, SessionDep
+from api.etags import ETAG, IfNoneMatchHeader, if_none_match, not_modified, with_etag
+from api.idempotency import REPLAYED, IdempotencyKeyHeader, write_once
 from api.routes.params import PageNumber, PerPage, TicketId, capped
 from api.schemas import (
     CreateMessage,
@@ -20,6 +24,7 @@ from api.schemas import (
     ticket_list,
     ticket_out,
 )
+from domain.lifecycle import Status
 
 
 class UserTicketController(Controller):
@@ -27,25 +32,44 @@ class UserTicketController(Controller):
     tags = ["tickets"]
     security = [{"BearerToken": []}]
 
-    @post("/", status_code=HTTP_201_CREATED, responses=responses.WRITE, summary="Create a ticket")
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        responses=responses.idempotent(responses.WRITE),
+        response_headers=[REPLAYED],
+        summary="Create a ticket",
+    )
     async def create_ticket(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[CreateTicket],
         caller: CallerDep,
         db: DirectDep,
         service: ServiceDep,
         state: State,
-    ) -> TicketOut:
-        view = await service.create(
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> Response[TicketOut]:
+        async def create() -> TicketOut:
+            view = await service.create(
+                db,
+                caller,
+                subject=data.subject,
+                body=data.body,
+                category=data.category.value if data.category else None,
+                priority=data.priority,
+            )
+            return ticket_out(view.ticket, view.messages)
+
+        return await write_once(
+            request,
             db,
             caller,
-            subject=data.subject,
-            body=data.body,
-            category=data.category.value if data.category else None,
-            priority=data.priority,
+            state,
+            key=idempotency_key,
+            status_code=HTTP_201_CREATED,
+            payload=data,
+            write=create,
         )
-        await commit(db, state)
-        return ticket_out(view.ticket, view.messages)
 
     @get("/", responses=responses.READ, summary="List the caller's own tickets, newest first")
     async def list_tickets(
@@ -55,52 +79,95 @@ class UserTicketController(Controller):
         service: ServiceDep,
         page: PageNumber = 1,
         per_page: PerPage = 20,
+        status: FromQuery[Status | None] = None,
     ) -> TicketList:
         result = await service.list_for_user(
-            db, caller.user_id, page=page, per_page=capped(per_page)
+            db, caller.user_id, page=page, per_page=capped(per_page), status=status
         )
         return ticket_list(result)
 
-    @get("/{ticket_id:str}", responses=responses.READ_ONE, summary="One ticket with its messages")
+    @get(
+        "/{ticket_id:str}",
+        responses=responses.conditional_read(responses.READ_ONE),
+        response_headers=[ETAG],
+        summary="One ticket with its messages",
+    )
     async def get_ticket(
-        self, ticket_id: TicketId, caller: CallerDep, session: SessionDep, service: ServiceDep
-    ) -> TicketOut:
-        view = await service.get_for_user(session, ticket_id, caller)
-        return ticket_out(view.ticket, view.messages)
+        self,
+        ticket_id: TicketId,
+        caller: CallerDep,
+        session: SessionDep,
+        service: ServiceDep,
+        if_none_match_header: IfNoneMatchHeader = None,
+    ) -> Response[TicketOut]:
+        view = await service.get_for_user(
+            session, ticket_id, caller, unless=if_none_match(if_none_match_header)
+        )
+        if view.not_modified:
+            return not_modified(view.version)
+        return with_etag(ticket_out(view.ticket, view.messages), view.version)
 
     @post(
         "/{ticket_id:str}/messages",
         status_code=HTTP_201_CREATED,
-        responses=responses.WRITE_ONE,
+        responses=responses.idempotent(responses.WRITE_ONE),
+        response_headers=[REPLAYED],
         summary="The owner replies (reopens a resolved ticket)",
     )
     async def reply(
         self,
+        request: Request[Any, Any, Any],
         ticket_id: TicketId,
         data: JSONBody[CreateMessage],
         caller: CallerDep,
         session: SessionDep,
         service: ServiceDep,
         state: State,
-    ) -> MessageOut:
-        message = await service.reply_as_owner(session, ticket_id, caller, body=data.body)
-        await commit(session, state)
-        return message_out(message)
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> Response[MessageOut]:
+        async def reply() -> MessageOut:
+            message = await service.reply_as_owner(session, ticket_id, caller, body=data.body)
+            return message_out(message)
+
+        return await write_once(
+            request,
+            session,
+            caller,
+            state,
+            key=idempotency_key,
+            status_code=HTTP_201_CREATED,
+            payload=data,
+            write=reply,
+        )
 
     @post(
         "/{ticket_id:str}/close",
         status_code=HTTP_200_OK,
-        responses=responses.WRITE_ONE,
+        responses=responses.idempotent(responses.WRITE_ONE),
+        response_headers=[REPLAYED],
         summary="The owner closes the ticket",
     )
     async def close(
         self,
+        request: Request[Any, Any, Any],
         ticket_id: TicketId,
         caller: CallerDep,
         session: SessionDep,
         service: ServiceDep,
         state: State,
-    ) -> TicketOut:
-        view = await service.close_as_owner(session, ticket_id, caller)
-        await commit(session, state)
-        return ticket_out(view.ticket, view.messages)
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> Response[TicketOut]:
+        async def close() -> TicketOut:
+            view = await service.close_as_owner(session, ticket_id, caller)
+            return ticket_out(view.ticket, view.messages)
+
+        return await write_once(
+            request,
+            session,
+            caller,
+            state,
+            key=idempotency_key,
+            status_code=HTTP_200_OK,
+            payload=None,
+            write=close,
+        )
