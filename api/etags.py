@@ -54,6 +54,7 @@ IfNoneMatchHeader = Annotated[
 ETAG = ResponseHeader(
     name="ETag",
     documentation_only=True,
+    value='"3f2a9c04b1d7e6a85c10"',  # documents the header's type (a string); never sent
     description="The ticket's version; changes with every change to the ticket "
     "(status, priority, assignee, SLA, a new message). Send it in If-Match or If-None-Match.",
     example='"3f2a9c04b1d7e6a85c10"',

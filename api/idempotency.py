@@ -57,6 +57,7 @@ IdempotencyKeyHeader = Annotated[
 REPLAYED = ResponseHeader(
     name=REPLAYED_HEADER,
     documentation_only=True,
+    value="true",  # documents the header's type (a string); never sent
     description="`true` when this is the stored response of an earlier request with the "
     "same Idempotency-Key (nothing was written again).",
     example="true",

@@ -190,8 +190,8 @@ PRECONDITION_FAILED = ResponseSpec(
 
 
 def conditional_read(responses: dict[int, ResponseSpec]) -> dict[int, ResponseSpec]:
-    """A GET that answers If-None-Match."""
-    return {**responses, 304: NOT_MODIFIED}
+    """A GET that answers If-None-Match (a header too long for one is a 400)."""
+    return {**responses, 304: NOT_MODIFIED, 400: BAD_REQUEST}
 
 
 def conditional_write(responses: dict[int, ResponseSpec]) -> dict[int, ResponseSpec]:
