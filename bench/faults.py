@@ -3,14 +3,12 @@ received, lost and duplicated. Writes docs/reliability.md and bench/results/faul
 runs the abuse suite (bench/abuse.py), which writes the page's Abuse section.
 
     uv run python -m bench.faults                      # every scenario, then the abuse suite
-                                                       # (about 6 + 5 minutes)
-    uv run python -m bench.faults --scenario redis     # one of: redis, worker, postgres, smtp,
-                                                       # abuse (repeatable)
+    uv run python -m bench.faults --scenario redis     # redis, worker, postgres, smtp or abuse
 
-Each scenario runs the real processes (API server, worker pools, scheduler) against a real SMTP
-server that records every email. A ticket's email carries the ticket id, so the count is exact:
-lost = tickets answered 201 whose email never arrived; duplicated = emails beyond one per ticket.
-Destructive scenarios use a private redis-server / PostgreSQL cluster on random ports.
+Each scenario runs the real processes (the API, the Procfile's worker pools and scheduler)
+against an SMTP server that records every email. A ticket's email carries the ticket id, so the
+count is exact: lost = tickets answered 201 whose email never arrived; duplicated = emails
+beyond one per ticket. Destructive scenarios use a private redis-server / PostgreSQL cluster.
 """
 
 from __future__ import annotations
@@ -18,8 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -27,29 +25,32 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
-import jwt
 import psycopg
 
-from api.cli import ensure_database, migrate
-from domain.devkey import ensure_dev_keypair
-from domain.outbox import ALL_QUEUES, NOTIFICATIONS_QUEUE
-from tests.processes import (
+from bench.common import (
+    POOLS,
+    RESULTS_DIR,
     ROOT,
-    ApiServer,
-    PrivatePostgres,
-    PrivateRedis,
-    ServiceProcess,
-    dramatiq_workers,
+    Service,
+    Stack,
+    dev_tokens,
+    flush_redis,
+    free_port,
+    md_table,
+    prepare_database,
+    redis_url_of,
+    service_env,
+    start_redis,
 )
-from tests.processes import scheduler as scheduler_process
-from tests.sinks import SmtpSink, free_port
+from tests.processes import PrivatePostgres
+from tests.sinks import SmtpSink
 
 TEAM_ADDRESS = "team@faults.test"
-SHARED_DB = "postgresql://root@127.0.0.1:5432/helpdesk_faults"
+SHARED_DB = "postgresql://root@127.0.0.1:5432/helpdesk_bench_faults"
 SHARED_REDIS = "redis://127.0.0.1:6379/12"
-RESULTS = ROOT / "bench" / "results"
 REPORT = ROOT / "docs" / "reliability.md"
 REPUBLISH_AFTER_S = 15
+Writes = list[tuple[int, str | None, float]]  # (status, ticket id, latency) per request
 
 
 @dataclass
@@ -67,106 +68,54 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-class Stack:
-    """API server, worker pools and scheduler pointed at one database, one Redis, one SMTP sink."""
-
-    def __init__(self, database_url: str, redis_url: str, sink: SmtpSink) -> None:
-        self.port = free_port()
-        self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("SMTP_", "SLACK_", "JWT_"))
-        }
-        self.env.update(
-            PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
-            APP_ENV="development",
-            DATABASE_URL=database_url,
-            REDIS_URL=redis_url,
-            PORT=str(self.port),
-            SMTP_HOST="127.0.0.1",
-            SMTP_PORT=str(sink.port),
-            ADMIN_EMAILS=TEAM_ADDRESS,
-            LOG_FORMAT="json",
-            RATE_LIMIT_PER_MINUTE="0",
-            OUTBOX_SWEEP_INTERVAL_SECONDS="1",
-            OUTBOX_REPUBLISH_AFTER_SECONDS=str(REPUBLISH_AFTER_S),
-        )
-        self.api: ServiceProcess | None = None
-        self.notifications: ServiceProcess | None = None
-        self.others: list[ServiceProcess] = []
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Stack:
-        self.api = ApiServer(self.env, workers=1).start()
-        self.notifications = self.start_notifications()
-        self.others = [
-            # Every queue but notifications (its pool is the one the worker scenario kills).
-            dramatiq_workers(
-                self.env, [q for q in ALL_QUEUES if q != NOTIFICATIONS_QUEUE], threads=8
-            ).start(),
-            scheduler_process(self.env).start(),
-        ]
-        return self
-
-    def start_notifications(self) -> ServiceProcess:
-        return dramatiq_workers(self.env, [NOTIFICATIONS_QUEUE], threads=16).start()
-
-    def token(self) -> str:
-        """A development token for the load user (the API runs with APP_ENV=development)."""
-        private_pem, _ = ensure_dev_keypair(ROOT / ".devkeys")
-        now = int(time.time())
-        return jwt.encode(
-            {"sub": "load-user", "iat": now, "exp": now + 3600}, private_pem, algorithm="RS256"
-        )
-
-    def stop(self) -> None:
-        for process in [self.api, self.notifications, *self.others]:
-            if process is not None:
-                process.stop()
+def start_stack(database_url: str, redis_url: str, sink: SmtpSink, log_dir: Path) -> Stack:
+    """One API process, the worker pools (the notifications pool one process, the one the
+    worker scenario kills) and the scheduler, quick outbox sweeps and re-publishing."""
+    env = service_env(
+        database_url,
+        redis_url,
+        PORT=free_port(),
+        SMTP_HOST="127.0.0.1",
+        SMTP_PORT=sink.port,
+        ADMIN_EMAILS=TEAM_ADDRESS,
+        NOTIFICATION_PROCESSES=1,
+        OUTBOX_SWEEP_INTERVAL_SECONDS=1,
+        OUTBOX_REPUBLISH_AFTER_SECONDS=REPUBLISH_AFTER_S,
+    )
+    return Stack(env, log_dir).start("web", *POOLS, web_args=["--workers", "1"])
 
 
 async def steady_writes(
-    base_url: str,
-    token: str,
-    *,
-    rate: float,
-    duration_s: float,
-    at: dict[float, Callable[[], None]],
-) -> tuple[list[tuple[int, str | None, float]], dict[str, float]]:
+    stack: Stack, rate: float, duration_s: float, at: dict[int, Callable[[], None]]
+) -> tuple[Writes, dict[str, float]]:
     """POST tickets at ``rate`` per second for ``duration_s``; at second t run ``at[t]`` in a
-    thread (stopping a server blocks, and must not stall the load). Returns (status, ticket id,
-    latency) per request and, per action, the moment it finished."""
-    results: list[tuple[int, str | None, float]] = []
+    thread (stopping a server blocks, and must not stall the load). Returns the writes and, per
+    action, the moment it finished."""
+    results: Writes = []
     finished: dict[str, float] = {}
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = {"Authorization": f"Bearer {dev_tokens(['load-user'])[0]}"}
     pending = dict(sorted(at.items()))
 
     async def act(action: Callable[[], None]) -> None:
         await asyncio.to_thread(action)
         finished[action.__name__] = time.monotonic()
 
+    base_url = f"http://127.0.0.1:{stack['web'].port}"
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
 
         async def one(n: int) -> None:
             started = time.monotonic()
             try:
-                response = await client.post(
-                    "/v1/support/tickets",
-                    headers=headers,
-                    json={"subject": f"fault run {n}", "body": "steady load"},
-                )
+                body = {"subject": f"fault run {n}", "body": "steady load"}
+                response = await client.post("/v1/support/tickets", headers=headers, json=body)
                 ticket = response.json().get("id") if response.status_code == 201 else None
                 results.append((response.status_code, ticket, time.monotonic() - started))
             except httpx.HTTPError:
                 results.append((0, None, time.monotonic() - started))
 
-        start = time.monotonic()
-        tasks: list[asyncio.Task[None]] = []
-        n = 0
+        start, tasks, n = time.monotonic(), [], 0
         while time.monotonic() - start < duration_s:
-            elapsed = time.monotonic() - start
-            for moment in [m for m in pending if m <= elapsed]:
+            for moment in [m for m in pending if m <= time.monotonic() - start]:
                 tasks.append(asyncio.create_task(act(pending.pop(moment))))
             tasks.append(asyncio.create_task(one(n)))
             n += 1
@@ -176,14 +125,9 @@ async def steady_writes(
 
 
 def count(
-    outcome: Outcome,
-    results: list[tuple[int, str | None, float]],
-    sink: SmtpSink,
-    *,
-    fault_over_at: float,
-    drain_timeout_s: float,
+    outcome: Outcome, results: Writes, sink: SmtpSink, fault_over_at: float, drain_s: float
 ) -> Outcome:
-    created = {ticket for status, ticket, _ in results if ticket}
+    created = {ticket for _, ticket, _ in results if ticket}
     outcome.writes_sent = len(results)
     outcome.statuses = dict(Counter(str(status) for status, _, _ in results))
     outcome.max_write_latency_s = round(max((lat for *_, lat in results), default=0.0), 3)
@@ -192,7 +136,7 @@ def count(
     def received() -> Counter[str]:
         return Counter(str(m.message["X-Helpdesk-Ticket"]) for m in list(sink.received))
 
-    deadline = time.monotonic() + drain_timeout_s
+    deadline = time.monotonic() + drain_s
     while not created <= set(received()) and time.monotonic() < deadline:
         time.sleep(0.2)
     if created <= set(received()):
@@ -207,113 +151,78 @@ def count(
 
 def ledger_note(url: str) -> str:
     with psycopg.connect(url) as conn:
-        rows: dict[str, int] = dict(
-            conn.execute("SELECT status, count(*) FROM deliveries GROUP BY status").fetchall()
-        )
-    return f"delivery ledger at the end of the run: {rows}"
+        rows = conn.execute("SELECT status, count(*) FROM deliveries GROUP BY status").fetchall()
+    return f"delivery ledger at the end of the run: {dict(rows)}"
 
 
-def fresh_database(url: str) -> str:
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    name = str(info["dbname"])
-    info["dbname"] = "postgres"
-    with psycopg.connect(**info, autocommit=True) as conn:  # type: ignore[arg-type]
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    ensure_database(url)
-    migrate(url)
-    return url
+# -- scenarios ------------------------------------------------------------------------------------
 
 
-def flush_redis(url: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-
-
-# -- scenarios --------------------------------------------------------------------------------
-
-
-async def redis_killed_and_restarted_empty(rate: float) -> Outcome:
+async def redis_killed_and_restarted_empty(rate: float, log_dir: Path) -> Outcome:
     outcome = Outcome("redis", "Redis killed at 10 s under load, restarted empty at 25 s")
     sink = SmtpSink().start()
-    redis_server = PrivateRedis().start()
-    stack = Stack(fresh_database(SHARED_DB), redis_server.url, sink).start()
+    redis: Service = start_redis(log_dir)
+    prepare_database(SHARED_DB, fresh=True)
+    stack = start_stack(SHARED_DB, redis_url_of(redis), sink, log_dir)
     try:
 
         def kill_redis() -> None:
-            redis_server.stop()
+            redis.kill()
 
         def restart_redis() -> None:
-            redis_server.start()
+            nonlocal redis
+            redis = start_redis(log_dir, redis.port)
 
-        results, moments = await steady_writes(
-            stack.base_url,
-            stack.token(),
-            rate=rate,
-            duration_s=40,
-            at={10: kill_redis, 25: restart_redis},
-        )
+        results, moments = await steady_writes(stack, rate, 40, {10: kill_redis, 25: restart_redis})
         outcome.notes.append(
-            f"events published before the kill and not yet handled come back through the "
+            "events published before the kill and not yet handled come back through the "
             f"re-publish of unhandled events (after {REPUBLISH_AFTER_S} s in this run; "
             "OUTBOX_REPUBLISH_AFTER_SECONDS, default 120 s)"
         )
-        return count(
-            outcome, results, sink, fault_over_at=moments["restart_redis"], drain_timeout_s=180
-        )
+        return count(outcome, results, sink, moments["restart_redis"], 180)
     finally:
         stack.stop()
-        redis_server.stop()
+        redis.stop()
         sink.stop()
 
 
-async def worker_killed_three_times(rate: float) -> Outcome:
+async def worker_killed_three_times(rate: float, log_dir: Path) -> Outcome:
     outcome = Outcome("worker", "notifications pool SIGKILLed at 8, 18 and 28 s, restarted at once")
     sink = SmtpSink()
     sink.delay_s = 0.02  # a mail server that takes a moment, so kills land mid-batch
     sink.start()
     flush_redis(SHARED_REDIS)
-    stack = Stack(fresh_database(SHARED_DB), SHARED_REDIS, sink).start()
+    prepare_database(SHARED_DB, fresh=True)
+    stack = start_stack(SHARED_DB, SHARED_REDIS, sink, log_dir)
     try:
-        kills: list[float] = []
 
-        def make_kill(label: str) -> Callable[[], None]:
-            def kill() -> None:
-                assert stack.notifications is not None
-                stack.notifications.kill()
-                kills.append(time.monotonic())
-                stack.notifications = stack.start_notifications()
+        def kill(label: str) -> Callable[[], None]:
+            def action() -> None:
+                stack.restart("notifications")
 
-            kill.__name__ = label
-            return kill
+            action.__name__ = label
+            return action
 
-        results, moments = await steady_writes(
-            stack.base_url,
-            stack.token(),
-            rate=rate,
-            duration_s=35,
-            at={8: make_kill("kill_1"), 18: make_kill("kill_2"), 28: make_kill("kill_3")},
-        )
+        at = {8: kill("kill_1"), 18: kill("kill_2"), 28: kill("kill_3")}
+        results, moments = await steady_writes(stack, rate, 35, at)
         outcome.notes.append(
             "a message a killed worker held returns through the re-publish of unhandled events "
             f"({REPUBLISH_AFTER_S} s here) or Dramatiq's own requeue after its 60 s heartbeat"
         )
-        return count(outcome, results, sink, fault_over_at=moments["kill_3"], drain_timeout_s=180)
+        return count(outcome, results, sink, moments["kill_3"], 180)
     finally:
         stack.stop()
         sink.stop()
 
 
-async def postgres_stopped_and_started(rate: float) -> Outcome:
+async def postgres_stopped_and_started(rate: float, log_dir: Path) -> Outcome:
     outcome = Outcome("postgres", "PostgreSQL stopped at 10 s under load, started at 20 s")
     sink = SmtpSink().start()
     cluster = PrivatePostgres().init().start()
-    ensure_database(cluster.url)
-    migrate(cluster.url)
+    database_url = f"postgresql://postgres@127.0.0.1:{cluster.port}/helpdesk_bench"
+    prepare_database(database_url, fresh=True)
     flush_redis(SHARED_REDIS)
-    stack = Stack(cluster.url, SHARED_REDIS, sink).start()
+    stack = start_stack(database_url, SHARED_REDIS, sink, log_dir)
     try:
 
         def stop_postgres() -> None:
@@ -322,21 +231,14 @@ async def postgres_stopped_and_started(rate: float) -> Outcome:
         def start_postgres() -> None:
             cluster.start()
 
-        results, moments = await steady_writes(
-            stack.base_url,
-            stack.token(),
-            rate=rate,
-            duration_s=35,
-            at={10: stop_postgres, 20: start_postgres},
-        )
-        outcome = count(
-            outcome, results, sink, fault_over_at=moments["start_postgres"], drain_timeout_s=180
-        )
-        after = [s for s, _, _ in results if s != 201]
+        at = {10: stop_postgres, 20: start_postgres}
+        results, moments = await steady_writes(stack, rate, 35, at)
+        outcome = count(outcome, results, sink, moments["start_postgres"], 180)
+        refused = [s for s, _, _ in results if s != 201]
         outcome.notes.append(
-            f"{len(after)} writes refused while the database was down, all 503 with Retry-After"
-            if set(after) <= {503}
-            else f"unexpected statuses while down: {Counter(after)}"
+            f"{len(refused)} writes refused while the database was down, all 503 with Retry-After"
+            if set(refused) <= {503}
+            else f"unexpected statuses while down: {Counter(refused)}"
         )
         return outcome
     finally:
@@ -345,28 +247,23 @@ async def postgres_stopped_and_started(rate: float) -> Outcome:
         sink.stop()
 
 
-async def smtp_refusing_for_a_minute(rate: float) -> Outcome:
+async def smtp_refusing_for_a_minute(rate: float, log_dir: Path) -> Outcome:
     outcome = Outcome("smtp", "SMTP answers 451 for 60 s, then accepts")
     sink = SmtpSink().start()
     sink.refuse_until_cleared("451 4.3.0 try again later")
     flush_redis(SHARED_REDIS)
-    stack = Stack(fresh_database(SHARED_DB), SHARED_REDIS, sink).start()
+    prepare_database(SHARED_DB, fresh=True)
+    stack = start_stack(SHARED_DB, SHARED_REDIS, sink, log_dir)
     try:
         refusing_since = time.monotonic()
-
-        def accept_again() -> None:
-            sink.clear_refusals()
-
-        results, _ = await steady_writes(
-            stack.base_url, stack.token(), rate=rate, duration_s=30, at={}
-        )
+        results, _ = await steady_writes(stack, rate, 30, {})
         await asyncio.sleep(max(0.0, refusing_since + 60 - time.monotonic()))
-        accept_again()
+        sink.clear_refusals()
         outcome.notes.append(
             "deliveries retry with exponential backoff capped at 60 s, so the last refused "
             "emails arrive up to a minute after the server accepts again"
         )
-        outcome = count(outcome, results, sink, fault_over_at=time.monotonic(), drain_timeout_s=240)
+        outcome = count(outcome, results, sink, time.monotonic(), 240)
         outcome.notes.append(ledger_note(SHARED_DB))
         return outcome
     finally:
@@ -374,7 +271,7 @@ async def smtp_refusing_for_a_minute(rate: float) -> Outcome:
         sink.stop()
 
 
-SCENARIOS: dict[str, Callable[[float], Awaitable[Outcome]]] = {
+SCENARIOS: dict[str, Callable[[float, Path], Awaitable[Outcome]]] = {
     "redis": redis_killed_and_restarted_empty,
     "worker": worker_killed_three_times,
     "postgres": postgres_stopped_and_started,
@@ -387,9 +284,10 @@ def write_report(outcomes: list[Outcome], rate: float) -> None:
         "# Reliability: faults under load",
         "",
         "Produced by `make faults` (`uv run python -m bench.faults`). Each scenario runs the real",
-        "API server, the worker pools (events/sla/maintenance and notifications) and the",
-        f"scheduler, sends new tickets at a steady {rate:g} per second, breaks one thing, and then",
-        "counts every email the SMTP server accepted (one per ticket, to the team address).",
+        "API server, the worker pools and the scheduler (the `Procfile`'s, the notifications",
+        f"pool as one process), sends new tickets at a steady {rate:g} per second, breaks one",
+        "thing, and then counts every email the SMTP server accepted (one per ticket, to the",
+        "team address).",
         "",
         "- **lost**: tickets answered `201` whose email had not arrived when the run gave up",
         "  waiting (goal 0); the notes say whether the ledger still holds them as pending, i.e.",
@@ -398,22 +296,29 @@ def write_report(outcomes: list[Outcome], rate: float) -> None:
         "  so a send in flight when a worker dies can repeat);",
         "- **recovery**: from the end of the fault until the last missing email arrived.",
         "",
-        "| scenario | fault | writes | statuses | max write latency | tickets | emails | lost | "
-        "duplicated | recovery |",
-        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for o in outcomes:
-        statuses = ", ".join(f"{k}: {v}" for k, v in sorted(o.statuses.items()))
-        recovery = f"{o.recovery_s} s" if o.recovery_s is not None else "not recovered"
-        lines.append(
-            f"| {o.scenario} | {o.fault} | {o.writes_sent} | {statuses} | "
-            f"{o.max_write_latency_s} s | {o.tickets_created} | {o.emails_received} | {o.lost} | "
-            f"{o.duplicated} | {recovery} |"
-        )
+    header = ["scenario", "fault", "writes", "statuses", "max write latency", "tickets"]
+    header += ["emails", "lost", "duplicated", "recovery"]
+    lines += md_table(
+        header,
+        [
+            [
+                o.scenario,
+                o.fault,
+                o.writes_sent,
+                ", ".join(f"{k}: {v}" for k, v in sorted(o.statuses.items())),
+                f"{o.max_write_latency_s} s",
+                o.tickets_created,
+                o.emails_received,
+                o.lost,
+                o.duplicated,
+                f"{o.recovery_s} s" if o.recovery_s is not None else "not recovered",
+            ]
+            for o in outcomes
+        ],
+    )
     lines += ["", "## Notes", ""]
-    for o in outcomes:
-        for note in o.notes:
-            lines.append(f"- **{o.scenario}**: {note}.")
+    lines += [f"- **{o.scenario}**: {note}." for o in outcomes for note in o.notes]
     lines += [
         "",
         "The same faults are also exercised, smaller and with assertions, by the test suite",
@@ -421,48 +326,40 @@ def write_report(outcomes: list[Outcome], rate: float) -> None:
         "`tests/test_timers_e2e.py`).",
         "",
     ]
-    # The abuse suite's section (bench/abuse.py writes it) stays as it was.
-    from bench.abuse import abuse_section
+    from bench.abuse import abuse_section  # the abuse suite's section stays as it was
 
     kept = abuse_section(REPORT.read_text()) if REPORT.exists() else ""
-    if kept:
-        lines += [kept, ""]
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text("\n".join(lines))
+    REPORT.write_text("\n".join(lines + ([kept, ""] if kept else [])))
 
 
-async def main_async(names: list[str], rate: float) -> list[Outcome]:
+async def run_scenarios(names: list[str], rate: float) -> list[Outcome]:
     outcomes = []
     for name in names:
         print(f"-- scenario {name}", flush=True)
-        outcome = await SCENARIOS[name](rate)
-        print(json.dumps(asdict(outcome)), flush=True)
-        outcomes.append(outcome)
+        with tempfile.TemporaryDirectory(prefix=f"bench-faults-{name}-") as log_dir:
+            outcomes.append(await SCENARIOS[name](rate, Path(log_dir)))
+        print(json.dumps(asdict(outcomes[-1])), flush=True)
     return outcomes
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--scenario",
-        action="append",
-        choices=[*sorted(SCENARIOS), "abuse"],
-        help="repeatable; 'abuse' is the abuse suite (python -m bench.abuse, full counts)",
-    )
+    parser.add_argument("--scenario", action="append", choices=[*SCENARIOS, "abuse"])
     parser.add_argument("--rate", type=float, default=30.0, help="new tickets per second")
     args = parser.parse_args()
     names = args.scenario or [*SCENARIOS, "abuse"]
-    scenarios = [name for name in names if name != "abuse"]
     ok = True
-    if scenarios:
-        outcomes = asyncio.run(main_async(scenarios, args.rate))
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "faults.json").write_text(json.dumps([asdict(o) for o in outcomes], indent=2))
+    if scenarios := [name for name in names if name != "abuse"]:
+        outcomes = asyncio.run(run_scenarios(scenarios, args.rate))
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        (RESULTS_DIR / "faults.json").write_text(
+            json.dumps([asdict(o) for o in outcomes], indent=2)
+        )
         write_report(outcomes, args.rate)
         print(f"wrote {REPORT.relative_to(ROOT)}")
         ok = all(o.lost == 0 for o in outcomes)
     if "abuse" in names:
-        from bench import abuse  # imports this module: imported here, not at the top
+        from bench import abuse  # it imports this module's neighbours: imported here
 
         print("-- abuse suite", flush=True)
         ok = abuse.main([]) == 0 and ok

@@ -20,18 +20,15 @@ from dramatiq.middleware import (
 DONE_KEY = "floor:done"
 
 _client = redis.Redis.from_url(os.environ["FLOOR_REDIS_URL"])
-broker = RedisBroker(
-    client=_client,
-    middleware=[
-        AgeLimit(),
-        TimeLimit(),
-        ShutdownNotifications(),
-        Retries(),
-        CurrentMessage(),
-        AsyncIO(),
-    ],
-)
-dramatiq.set_broker(broker)
+middleware = [
+    AgeLimit(),
+    TimeLimit(),
+    ShutdownNotifications(),
+    Retries(),
+    CurrentMessage(),
+    AsyncIO(),
+]
+dramatiq.set_broker(RedisBroker(client=_client, middleware=middleware))
 
 
 @dramatiq.actor(queue_name="floor", max_retries=0)
