@@ -31,6 +31,7 @@ from api.request_log import request_log_middleware
 from api.request_scope import request_resources_middleware
 from api.routes.admin_tickets import AdminTicketController
 from api.routes.health import healthz, readyz
+from api.routes.operations import DeliveryController, TicketHistoryController
 from api.routes.user_tickets import UserTicketController
 from domain.db import ConnectionGate, make_engine, make_sessionmaker
 from domain.idempotency import IdempotencyKeys
@@ -74,7 +75,12 @@ def create_app(
     # its admin guard after these).
     ticket_api = Router(
         path="/",
-        route_handlers=[UserTicketController, AdminTicketController],
+        route_handlers=[
+            UserTicketController,
+            AdminTicketController,
+            DeliveryController,
+            TicketHistoryController,
+        ],
         guards=[authenticate, within_rate_limit, json_bodies_only],
     )
     return Litestar(

@@ -42,3 +42,12 @@ class TicketClosed(Conflict):
         else:
             message = f"ticket is closed: cannot change status from 'closed' to '{requested}'"
         super().__init__(message)
+
+
+class NotRetryable(Conflict):
+    """Only a delivery that failed for good can be retried by hand."""
+
+    code = "not_retryable"
+
+    def __init__(self, status: str) -> None:
+        super().__init__(f"only a failed delivery can be retried; this one is {status}")

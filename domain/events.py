@@ -28,6 +28,7 @@ class EventType(StrEnum):
     TICKET_UPDATED = "ticket.updated"
     TICKET_CLOSED = "ticket.closed"
     TICKET_SLA_BREACHED = "ticket.sla_breached"
+    DELIVERY_RETRIED = "delivery.retried"  # an operator sent a failed notification again
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,12 @@ async def write(
     )
     session.info.setdefault(_PENDING_KEY, []).extend(ids)
     return ids
+
+
+def publish_again_after_commit(session: Executor, event_ids: Sequence[str]) -> None:
+    """Hand events written earlier to the publisher again when this session commits (an
+    operator's retry: the events pool plans the event once more and finds its pending rows)."""
+    session.info.setdefault(_PENDING_KEY, []).extend(event_ids)
 
 
 def take_pending_event_ids(session: Executor) -> list[str]:
