@@ -137,7 +137,7 @@ async def create_urgent_tickets(args: argparse.Namespace, broker: Any) -> dict[s
                 await session.commit()
                 event_ids = take_pending_event_ids(session)
             for event_id in event_ids:
-                enqueue(broker, EVENTS_QUEUE, DISPATCH_ACTOR, (event_id,))
+                enqueue(broker, EVENTS_QUEUE, DISPATCH_ACTOR, ([event_id],))
             async with sessions() as session:
                 await mark_published(session, event_ids, utcnow())
                 await session.commit()
