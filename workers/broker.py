@@ -3,6 +3,11 @@
 A pool declares only its own actors (``workers/events.py``, ``workers/notifications.py``,
 ``workers/sla.py``, ``workers/maintenance.py``, one per Procfile line), so a message for another
 pool's actor is sent by name (:func:`send_by_name`), as the API sends its events.
+
+Idle consumers wait on Redis instead of polling it (:class:`WakingRedisBroker`): Dramatiq's
+Redis consumer finds new messages only by polling, sleeping up to ``dramatiq_worker_timeout``
+between polls, so a prompt pipeline needed 100 ms polls in every process, most of the idle
+CPU of ``make run`` (docs/profiling.md, section 9).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import functools
 import signal
 import threading
 import time
+from collections.abc import Iterable
 from types import FrameType
 from typing import Any
 
@@ -18,7 +24,10 @@ import dramatiq
 import redis
 import structlog
 from dramatiq.asyncio import get_event_loop_thread
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import current_millis
+from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import (
     AgeLimit,
     AsyncIO,
@@ -131,6 +140,109 @@ def ignore_repeated_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+# A blocking wait stays below the client's 5 s socket timeout; a consumer comes back at least
+# this often anyway (Dramatiq's heartbeat, a stop request).
+MAX_WAIT_MS = 4_000
+
+
+class WakingRedisBroker(RedisBroker):
+    """Dramatiq's Redis broker whose idle consumers wait on Redis for work instead of polling.
+
+    An idle consumer blocks in ``BLMOVE queue queue RIGHT RIGHT`` (a no-op move of the queue's
+    last message onto itself) until a message is pushed, for at most ``dramatiq_worker_timeout``
+    ms, then fetches as Dramatiq always does (its Lua script: pop, record the ack, heartbeat).
+    Messages are never taken off the queue by the wait, so nothing changes about delivery,
+    acks or requeues, and whoever sends (the API's own broker, another pool) needs no change.
+    A delay-queue consumer waits at most until the earliest eta among the messages it holds,
+    so a delayed message moves to its queue when it is due, not at the next poll.
+    """
+
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _WakingConsumer
+
+
+class _WakingConsumer(_RedisConsumer):
+    """Dramatiq's consumer with the idle sleep replaced by a wait for work (see the broker)."""
+
+    def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker, queue_name, prefetch, timeout)
+        self._queue_key = f"{broker.namespace}:{queue_name}"
+        self._etas: dict[str, int] = {}  # message id -> eta (ms), of fetched delayed messages
+        self._room = threading.Event()  # set when an ack or nack makes room under the prefetch
+        self._blocking_wait = True
+
+    def __next__(self) -> MessageProxy | None:
+        try:
+            while True:
+                if self.message_cache:
+                    data = self.message_cache.pop(0)
+                    if data is None:  # Dramatiq's consumer skips these too (its issue #266)
+                        self.logger.warning("Found 'None' message in %r.", self.queue_name)
+                        continue
+                    message = dramatiq.Message.decode(data)
+                    self.queued_message_ids.add(message.message_id)
+                    eta = message.options.get("eta")
+                    if isinstance(eta, int | float):
+                        self._etas[message.message_id] = int(eta)
+                    return MessageProxy(message)
+                messages = []
+                if self.outstanding_message_count < self.prefetch:
+                    self.message_cache = messages = self.broker.do_fetch(
+                        self.queue_name, self.prefetch - self.outstanding_message_count
+                    )
+                if not messages:
+                    self._wait_for_work()
+                    return None
+        except redis.ConnectionError as exc:
+            raise ConnectionClosed(exc) from None
+
+    def _wait_for_work(self) -> None:
+        wait_ms = min(self.timeout, MAX_WAIT_MS)
+        if self._etas:  # wake up when the first delayed message we hold comes due
+            wait_ms = min(wait_ms, min(list(self._etas.values())) - current_millis())
+        if wait_ms <= 0:
+            return
+        self._room.clear()
+        if self.outstanding_message_count >= self.prefetch:
+            self._room.wait(wait_ms / 1000)  # full: nothing to fetch until one is done
+            return
+        if not self._blocking_wait:
+            time.sleep(wait_ms / 1000)
+            return
+        try:
+            self.broker.client.blmove(
+                self._queue_key, self._queue_key, wait_ms / 1000, "RIGHT", "RIGHT"
+            )
+        except redis.TimeoutError:
+            pass  # a slow Redis: fetch again, as after any wake-up
+        except redis.ResponseError as exc:  # a Redis older than 6.2 has no BLMOVE
+            self._blocking_wait = False
+            log.warning("broker.polling_instead_of_waiting", error=str(exc))
+
+    def ack(self, message: MessageProxy) -> None:
+        try:
+            super().ack(message)
+        finally:
+            self._done(message)
+
+    def nack(self, message: MessageProxy) -> None:
+        try:
+            super().nack(message)
+        finally:
+            self._done(message)
+
+    def requeue(self, messages: Iterable[MessageProxy]) -> None:
+        messages = list(messages)
+        super().requeue(messages)
+        for message in messages:
+            self._etas.pop(message.message_id, None)
+
+    def _done(self, message: MessageProxy) -> None:
+        self._etas.pop(message.message_id, None)
+        self._room.set()
+
+
 def build_broker(settings: Settings) -> RedisBroker:
     client = redis.Redis.from_url(
         settings.redis_url,
@@ -160,7 +272,7 @@ def build_broker(settings: Settings) -> RedisBroker:
         # Engine and channels per worker process (must come after AsyncIO).
         WorkerRuntime(settings),
     ]
-    return RedisBroker(client=client, middleware=middleware)
+    return WakingRedisBroker(client=client, middleware=middleware)
 
 
 def send_by_name(queue_name: str, actor_name: str, *args: Any, delay_ms: int | None = None) -> None:
