@@ -79,7 +79,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers = args.workers or int(os.environ.get("API_WORKERS", "0") or 0) or (os.cpu_count() or 1)
     # uvloop (a dependency except on Windows) costs 10-20 % less CPU per request than asyncio
     # (bench/http_load.py). GRANIAN_LOOP overrides it; other GRANIAN_* variables set the options
-    # not given below.
+    # not given below. Also measured (wrk, 32 connections, docs/profiling.md section 8), left at
+    # Granian's defaults: --runtime-mode st against mt (what auto picks for ASGI) and --http 1
+    # against auto made no difference beyond noise; --task-impl rust broke anyio's cancel scopes
+    # (500s); GRANIAN_BACKPRESSURE starved connections (section 3).
     os.environ.setdefault("GRANIAN_LOOP", "uvloop" if _has_uvloop() else "asyncio")
     argv = [
         "granian",
