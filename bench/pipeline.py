@@ -260,8 +260,8 @@ def measure_latency(args: argparse.Namespace, log_dir: Path, redis: Service) -> 
         idle = wait_for_quiet(args.quiet_below, args.quiet_timeout)
         before = sink.poll()
         print(f"latency: {args.tickets} tickets at {args.rate:g}/s (machine busy before: {idle}%)")
-        monitor.start()
         tokens = dev_tokens(f"{LATENCY_USERS}{i}" for i in range(args.users))
+        monitor.start()
         sent = asyncio.run(open_loop(port, tokens, args, args.tickets))
         # Every committed ticket must reach the sink, those whose answer was lost too: wait
         # until the API has finished what it was still doing.

@@ -363,15 +363,11 @@ def write_report(
     lines += [f"- {name}: {mb:.0f} MB" for name, mb in memory.items()] or ["- (not measured)"]
     lines += ["", "Raw JSON of every run is in `bench/results/` (not committed).", ""]
     page = DOCS / "benchmarks.md"
-    # Sections another benchmark writes into the page (a heading this run does not write) stay.
-    old = page.read_text().split("\n## ") if page.exists() else []
-    ours = {line for line in lines if line.startswith("## ")}
-    kept = [
-        f"## {section.rstrip()}"
-        for section in old[1:]
-        if f"## {section.splitlines()[0]}" not in ours
-    ]
-    page.write_text("\n".join(lines + [f"{section}\n" for section in kept]))
+    # Sections other benchmarks append to the page (after this one's last) stay.
+    old = page.read_text() if page.exists() else ""
+    marker = "\n## Memory after load"
+    appended = old.split(marker, 1)[1].split("\n## ", 1)[1:] if marker in old else []
+    page.write_text("\n".join(lines) + "".join(f"\n## {section}" for section in appended))
 
 
 def main() -> int:
