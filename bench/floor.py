@@ -8,7 +8,7 @@ running, so a missed target can be told apart from a part that cannot go faster 
 * smtp: the workers' own SMTP channel sending emails, 32 at a time, to the benchmarks' SMTP
   sink (its own process). Emails/s, and CPU per email in the sender and in the sink.
 * dramatiq: a do-nothing async actor (bench/floor_actor.py) in one worker process (8 threads,
-  the worker pools' middleware, 100 ms polling like the Procfile's pools), fed through a
+  the worker pools' broker class and middleware, their default idle timeout), fed through a
   private redis-server. CPU per message in the worker and in Redis.
 * transaction: ``SELECT 1`` and a commit through an AsyncSession as the workers use it, and
   through psycopg alone. CPU per transaction in the client.
@@ -85,7 +85,7 @@ def measure_dramatiq(messages: int, log_dir: Path) -> dict[str, Any]:
 
     redis_service = start_redis(log_dir)
     os.environ["FLOOR_REDIS_URL"] = url = f"redis://{HOST}:{redis_service.port}/0"
-    env = {**os.environ, "dramatiq_worker_timeout": "100"}
+    env = dict(os.environ)
     argv = [sys.executable, "-m", "dramatiq", "bench.floor_actor", "-p", "1", "-t", "8"]
     worker = Service(
         "floor-worker", argv, env, log_dir / "floor-worker.log", ready_text="ready for action"

@@ -1,5 +1,6 @@
-"""The do-nothing actor of ``bench.floor``: Dramatiq's own cost per message, with the middleware
-the worker pools use (workers/broker.py) but none of our work. Broker from FLOOR_REDIS_URL."""
+"""The do-nothing actor of ``bench.floor``: Dramatiq's own cost per message, with the broker class
+and middleware the worker pools use (workers/broker.py) but none of our work. Broker from
+FLOOR_REDIS_URL."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import os
 
 import dramatiq
 import redis
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import (
     AgeLimit,
     AsyncIO,
@@ -16,6 +16,8 @@ from dramatiq.middleware import (
     ShutdownNotifications,
     TimeLimit,
 )
+
+from workers.broker import WakingRedisBroker
 
 DONE_KEY = "floor:done"
 
@@ -28,7 +30,7 @@ middleware = [
     CurrentMessage(),
     AsyncIO(),
 ]
-dramatiq.set_broker(RedisBroker(client=_client, middleware=middleware))
+dramatiq.set_broker(WakingRedisBroker(client=_client, middleware=middleware))
 
 
 @dramatiq.actor(queue_name="floor", max_retries=0)
