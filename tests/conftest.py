@@ -123,7 +123,9 @@ def clean_db(database_url: str) -> Iterator[str]:
     """Each test starts with empty tables (real commits, so other processes see the data)."""
     yield database_url
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE tickets, messages, ticket_events, deliveries, idempotency_keys CASCADE")
+        conn.execute(
+            "TRUNCATE tickets, messages, ticket_events, deliveries, idempotency_keys CASCADE"
+        )
 
 
 @pytest.fixture
