@@ -23,7 +23,7 @@ from api.deps import (
 )
 from api.errors import EXCEPTION_HANDLERS
 from api.etags import EXCEPTION_HANDLERS as VERSION_HANDLERS
-from api.guards import authenticate, json_bodies_only, within_rate_limit
+from api.guards import api_request_guard
 from api.idempotency import EXCEPTION_HANDLERS as IDEMPOTENCY_HANDLERS
 from api.publisher import make_publisher
 from api.rate_limit import UserRateLimiter
@@ -81,7 +81,7 @@ def create_app(
             DeliveryController,
             TicketHistoryController,
         ],
-        guards=[authenticate, within_rate_limit, json_bodies_only],
+        guards=[api_request_guard],
     )
     return Litestar(
         route_handlers=[ticket_api, healthz, readyz],

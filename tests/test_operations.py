@@ -140,5 +140,11 @@ async def test_the_audit_trail_is_in_order_and_paged(
     assert (await client.get(f"{ADMIN_URL}/{MISSING_ID}/events", headers=admin)).status_code == 404
     assert (await client.get(url, headers=user)).status_code == 403
     assert (await client.get(DELIVERIES_URL, headers=user)).status_code == 403
-    bad = await client.get(DELIVERIES_URL, params={"status": "lost"}, headers=admin)
-    assert bad.status_code == 400
+    for query in (
+        {"status": "lost"},
+        {"ticket_id": "\x00"},
+        {"ticket_id": "U" * 26},
+        {"channel": "pigeon"},
+    ):
+        bad = await client.get(DELIVERIES_URL, params=query, headers=admin)
+        assert bad.status_code == 400, (query, bad.text)

@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 from litestar import Controller, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath, FromQuery
+from litestar.params import FromPath, FromQuery, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 
 from api import responses
@@ -24,6 +26,9 @@ from api.routes.params import PageNumber, PerPage, TicketId, capped
 from domain.delivery import LedgerStatus
 from domain.ids import utcnow
 from domain.operations import list_deliveries, retry_delivery, ticket_history
+
+# A ULID: 26 characters of Crockford's base32 (a bad one is a 400, never a database query).
+ULID_PATTERN = "^[0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{26}$"
 
 
 class DeliveryController(Controller):
@@ -44,8 +49,11 @@ class DeliveryController(Controller):
         page: PageNumber = 1,
         per_page: PerPage = 20,
         status: FromQuery[LedgerStatus | None] = None,
-        channel: FromQuery[str | None] = None,
-        ticket_id: FromQuery[str | None] = None,
+        channel: FromQuery[Literal["email", "slack"] | None] = None,
+        ticket_id: Annotated[
+            str | None,
+            QueryParameter(pattern=ULID_PATTERN, description="Only this ticket's deliveries."),
+        ] = None,
     ) -> DeliveryList:
         found = await list_deliveries(
             session,
