@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import jwt
@@ -70,6 +71,34 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_seed(args: argparse.Namespace) -> int:
+    """Fill the database with example tickets (for a newcomer's first look)."""
+    import asyncio
+
+    from domain.db import make_engine, make_sessionmaker
+    from domain.policies import TimePolicy
+    from domain.seed import seed
+    from domain.tickets import TicketService
+
+    settings = load_settings()
+
+    async def run() -> int:
+        engine = make_engine(settings, pool_size=2)
+        try:
+            policy = TimePolicy(
+                sla_urgent=timedelta(seconds=settings.sla_urgent_seconds),
+                auto_close_after=timedelta(seconds=settings.auto_close_seconds),
+            )
+            ids = await seed(make_sessionmaker(engine), TicketService(policy), tickets=args.tickets)
+        finally:
+            await engine.dispose()
+        return len(ids)
+
+    count = asyncio.run(run())
+    print(f"created {count} example tickets (users demo-user-1..6, agents demo-agent-1..2)")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the API under Granian (replaces this process, so signals reach the server directly)."""
     settings = load_settings()
@@ -124,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
 
     mig = sub.add_parser("migrate", help="create the database if missing and apply migrations")
     mig.set_defaults(func=cmd_migrate)
+
+    seed = sub.add_parser("seed", help="fill the database with example tickets")
+    seed.add_argument("--tickets", type=int, default=36, help="how many (default 36)")
+    seed.set_defaults(func=cmd_seed)
 
     serve = sub.add_parser("serve", help="run the API server")
     serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
