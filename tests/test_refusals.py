@@ -28,6 +28,7 @@ from tests.conftest import ADMIN_URL, MISSING_ID, USER_URL, RecordingPublisher, 
 REFUSALS = 2_000
 CONCURRENCY = 16
 RATE_LIMIT = 5
+USED_KEY = "refusals-used-key"
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,40 @@ CASES = [
         "400 bad query parameter",
         400,
         lambda c, k: c.get(USER_URL, params={"page": "0"}, headers=k["user"]),
+    ),
+    Refusal(
+        "400 malformed Idempotency-Key",
+        400,
+        lambda c, k: c.post(
+            USER_URL,
+            json={"subject": "s", "body": "b"},
+            headers={**k["user"], "Idempotency-Key": "not a key!"},
+        ),
+    ),
+    Refusal(
+        "422 Idempotency-Key reused with another body",
+        422,
+        lambda c, k: c.post(
+            USER_URL,
+            json={"subject": "another", "body": "b"},
+            headers={**k["user"], "Idempotency-Key": USED_KEY},
+        ),
+    ),
+    Refusal(
+        "412 stale If-Match (under the ticket's row lock)",
+        412,
+        lambda c, k: c.patch(
+            f"{ADMIN_URL}/{k['open']}",
+            json={"priority": "high"},
+            headers={**k["admin"], "If-Match": '"stale"'},
+        ),
+    ),
+    Refusal(
+        "400 malformed ticket_id filter (never reaches the database)",
+        400,
+        lambda c, k: c.get(
+            "/v1/admin/support/deliveries", params={"ticket_id": "\x00"}, headers=k["admin"]
+        ),
     ),
     Refusal("429 over the rate limit", 429, lambda c, k: c.get(USER_URL, headers=k["flooder"])),
     Refusal("500 handler raises", 500, lambda c, k: c.get(USER_URL, headers=k["broken"])),
@@ -144,6 +179,12 @@ async def test_refused_requests_release_everything_and_log_no_error(
     async with AsyncTestClient(app=app) as client:
         closed = await client.post(USER_URL, json={"subject": "s", "body": "b"}, headers=auth(user))
         closed_id = closed.json()["id"]
+        opened = await client.post(
+            USER_URL,
+            json={"subject": "s", "body": "b"},
+            headers={**auth(user), "Idempotency-Key": USED_KEY},
+        )
+        assert opened.status_code == 201
         assert (
             await client.post(f"{USER_URL}/{closed_id}/close", headers=auth(user))
         ).status_code == 200
@@ -156,6 +197,8 @@ async def test_refused_requests_release_everything_and_log_no_error(
             "user": auth(user),
             "token": user,
             "closed": closed_id,
+            "open": opened.json()["id"],
+            "admin": auth(make_token("agent-1", admin=True)),
             "flooder": auth(make_token("flooder")),
             "broken": auth(make_token("broken")),
         }
