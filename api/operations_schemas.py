@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from api.schemas import Pagination, _pagination
+from api.schemas import Pagination, pagination_of
 from domain.delivery import LedgerStatus
 from domain.ids import isoformat_z
 from domain.models import Delivery
@@ -86,7 +86,7 @@ def delivery_list(page: Page) -> DeliveryList:
     rows: list[Any] = list(page.items)  # rows of domain.operations.list_deliveries
     return DeliveryList(
         data=[delivery_out(r, event_type=r.event_type, ticket_id=r.ticket_id) for r in rows],
-        pagination=_pagination(page),
+        pagination=pagination_of(page),
     )
 
 
@@ -115,5 +115,5 @@ def audit_trail(page: Page, entries: list[HistoryEntry]) -> AuditTrail:
             )
             for e in entries
         ],
-        pagination=_pagination(page),
+        pagination=pagination_of(page),
     )

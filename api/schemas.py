@@ -189,7 +189,7 @@ def admin_ticket_out(ticket: Ticket, messages: list[Message] | Any) -> AdminTick
     )
 
 
-def _pagination(page: Page) -> Pagination:
+def pagination_of(page: Page) -> Pagination:
     return Pagination(
         page=page.page, per_page=page.per_page, total=page.total, total_pages=page.total_pages
     )
@@ -197,12 +197,13 @@ def _pagination(page: Page) -> Pagination:
 
 def ticket_list(page: Page) -> TicketList:
     return TicketList(
-        data=[TicketSummary(**_summary_fields(t)) for t in page.items], pagination=_pagination(page)
+        data=[TicketSummary(**_summary_fields(t)) for t in page.items],
+        pagination=pagination_of(page),
     )
 
 
 def admin_ticket_list(page: Page) -> AdminTicketList:
     return AdminTicketList(
         data=[AdminTicketSummary(**_summary_fields(t), **_admin_fields(t)) for t in page.items],
-        pagination=_pagination(page),
+        pagination=pagination_of(page),
     )

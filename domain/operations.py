@@ -123,23 +123,26 @@ async def ticket_history(
     if not is_valid_id(ticket_id) or await session.get(Ticket, ticket_id) is None:
         raise NotFound()
     query = (
-        select(TicketEvent)
+        select(TicketEvent, func.count().over().label("total"))
         .where(TicketEvent.ticket_id == ticket_id)
         .order_by(TicketEvent.id)
         .limit(per_page)
         .offset((page - 1) * per_page)
     )
-    found = (await session.scalars(query)).all()
-    count = select(func.count()).select_from(TicketEvent).where(TicketEvent.ticket_id == ticket_id)
-    total = int(await session.scalar(count) or 0)
+    rows = (await session.execute(query)).all()
+    found = [event for event, _ in rows]
+    total = int(rows[0].total) if rows else 0
+    if not rows and page > 1:  # past the last page: no row carries the total
+        count = select(func.count()).where(TicketEvent.ticket_id == ticket_id)
+        total = int(await session.scalar(count) or 0)
     caused: dict[str, list[Delivery]] = {event.id: [] for event in found}
     if found:
-        rows = await session.scalars(
+        delivered = await session.scalars(
             select(Delivery)
             .where(Delivery.event_id.in_(list(caused)))
             .order_by(Delivery.channel, Delivery.recipient)
         )
-        for delivery in rows:
+        for delivery in delivered:
             caused[delivery.event_id].append(delivery)
     entries = [HistoryEntry(event, caused[event.id]) for event in found]
     return Page(items=cast(Any, found), page=page, per_page=per_page, total=total), entries
