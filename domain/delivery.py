@@ -75,6 +75,7 @@ class DeliveryResult:
     outcome: Outcome
     retry_after_s: float | None = None
     error: str | None = None
+    channel: str | None = None  # the row's channel when it was attempted (for the metrics)
 
 
 # The statements of the hot path are built once, with bind parameters: building a statement and
@@ -325,7 +326,7 @@ class _Attempt:
             # recorded as sent instead of the whole batch being sent again.
             bound.exception("delivery.unexpected_error")
             return self._retry(f"{type(exc).__name__}: {exc}", None, config, bound)
-        self.result = DeliveryResult(Outcome.SENT)
+        self.result = DeliveryResult(Outcome.SENT, channel=self.channel)
         bound.info("delivery.attempt", outcome="sent", attempt=self.attempts)
         return None
 
@@ -338,12 +339,14 @@ class _Attempt:
     ) -> None:
         if self.attempts >= config.max_attempts:
             return self._fail(f"gave up after {self.attempts} attempts: {error}", bound)
-        self.result = DeliveryResult(Outcome.RETRY, retry_after_s=retry_after_s, error=error)
+        self.result = DeliveryResult(
+            Outcome.RETRY, retry_after_s=retry_after_s, error=error, channel=self.channel
+        )
         bound.warning("delivery.attempt", outcome="retry", attempt=self.attempts, error=error)
         return None
 
     def _fail(self, error: str, bound: structlog.typing.FilteringBoundLogger) -> None:
-        self.result = DeliveryResult(Outcome.FAILED, error=error)
+        self.result = DeliveryResult(Outcome.FAILED, error=error, channel=self.channel)
         bound.error("delivery.attempt", outcome="failed", attempt=self.attempts, error=error)
 
 
