@@ -14,6 +14,7 @@ from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from api.auth import TokenVerifier
+from api.console import console_router
 from api.deps import (
     EventPublisher,
     provide_caller,
@@ -25,6 +26,7 @@ from api.errors import EXCEPTION_HANDLERS
 from api.etags import EXCEPTION_HANDLERS as VERSION_HANDLERS
 from api.guards import api_request_guard
 from api.idempotency import EXCEPTION_HANDLERS as IDEMPOTENCY_HANDLERS
+from api.metrics import WAITING_FOR_DATABASE, metrics_endpoint
 from api.publisher import make_publisher
 from api.rate_limit import UserRateLimiter
 from api.request_log import request_log_middleware
@@ -60,7 +62,7 @@ def create_app(
         # Engine and publisher are made when the server starts, never at import.
         app.state.engine = make_engine(settings)
         app.state.sessionmaker = make_sessionmaker(app.state.engine)
-        app.state.connection_gate = ConnectionGate(settings)
+        app.state.connection_gate = ConnectionGate(settings, waiting=WAITING_FOR_DATABASE)
         app.state.publisher = publisher or make_publisher(settings, app.state.sessionmaker)
         try:
             yield
@@ -84,7 +86,7 @@ def create_app(
         guards=[api_request_guard],
     )
     return Litestar(
-        route_handlers=[ticket_api, healthz, readyz],
+        route_handlers=[ticket_api, healthz, readyz, metrics_endpoint, console_router(settings)],
         dependencies={
             "caller": Provide(provide_caller, sync_to_thread=False),
             "session": Provide(provide_session),
