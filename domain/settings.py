@@ -96,6 +96,11 @@ class Settings:
     db_pool_size: int = 10
     max_body_bytes: int = 64 * 1024
     rate_limit_per_minute: int = 600
+    # Outbound webhooks (domain/webhooks.py): private targets only when allowed on purpose.
+    webhook_allow_private: bool = False
+    webhook_timeout_s: float = 5.0
+    webhook_secret_grace_s: int = 86400
+    webhook_disable_after_s: float = 86400.0
 
     @property
     def is_development(self) -> bool:
@@ -202,4 +207,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         db_pool_size=_int(env, "DB_POOL_SIZE", 10, minimum=1),
         max_body_bytes=_int(env, "MAX_BODY_BYTES", 64 * 1024, minimum=1024),
         rate_limit_per_minute=_int(env, "RATE_LIMIT_PER_MINUTE", 600),
+        webhook_allow_private=_bool(env, "WEBHOOK_ALLOW_PRIVATE", False),
+        webhook_timeout_s=_float(env, "WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1),
+        webhook_secret_grace_s=_int(env, "WEBHOOK_SECRET_GRACE_SECONDS", 86400),
+        webhook_disable_after_s=_float(env, "WEBHOOK_DISABLE_AFTER_SECONDS", 86400.0, minimum=1),
     )
