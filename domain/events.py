@@ -29,6 +29,9 @@ class EventType(StrEnum):
     TICKET_CLOSED = "ticket.closed"
     TICKET_SLA_BREACHED = "ticket.sla_breached"
     DELIVERY_RETRIED = "delivery.retried"  # an operator sent a failed notification again
+    # A webhook endpoint failed for too long and was switched off (the team is told); it rides
+    # on the ticket whose delivery was the last to fail, as every event belongs to a ticket.
+    WEBHOOK_DISABLED = "webhook.disabled"
 
 
 @dataclass(frozen=True)
