@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol, cast
 
 import structlog
-from sqlalchemy import String, Table, any_, bindparam, exists, select, text, update
+from sqlalchemy import String, Table, any_, bindparam, exists, func, select, text, update
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,12 +20,15 @@ from domain.models import Delivery, Message, Staff, Ticket, TicketEvent
 from domain.notifications import (
     EMAIL,
     SLACK,
+    WEBHOOK,
     Audience,
     Notice,
     Recipient,
     notice_for,
     recipients_for,
 )
+from domain.webhooks import RETRY_FOR as WEBHOOK_RETRY_FOR
+from domain.webhooks import WebhookEndpoint
 
 log = structlog.get_logger("domain.delivery")
 
@@ -84,8 +87,14 @@ class DeliveryResult:
 _deliveries = cast(Table, Delivery.__table__)
 _events = cast(Table, TicketEvent.__table__)
 
+# The enabled webhook endpoints that want the event's type (an empty table costs nothing).
+_WANTED_BY_WEBHOOKS = (
+    select(func.array_agg(WebhookEndpoint.id))
+    .where(WebhookEndpoint.enabled, TicketEvent.type == any_(WebhookEndpoint.event_types))
+    .scalar_subquery()
+)
 _LOAD_EVENT = (
-    select(TicketEvent, Ticket, Staff.email)
+    select(TicketEvent, Ticket, Staff.email, _WANTED_BY_WEBHOOKS)
     .outerjoin(Ticket, Ticket.id == TicketEvent.ticket_id)
     .outerjoin(Staff, Staff.user_id == Ticket.assignee_id)
     .where(TicketEvent.id == bindparam("event_id"))
@@ -134,6 +143,7 @@ _LOAD_DELIVERIES = (
         Delivery.recipient,
         Delivery.status,
         Delivery.attempts,
+        Delivery.created_at,
         TicketEvent,
         Ticket,
         Message,
@@ -205,7 +215,7 @@ async def plan_deliveries(
     loaded = (await session.execute(_LOAD_EVENT, {"event_id": event_id})).first()
     if loaded is None:
         return DeliveryPlan([], None)
-    event, ticket, assignee_email = loaded
+    event, ticket, assignee_email, webhook_endpoints = loaded
     if event.completed_at is not None:
         return DeliveryPlan([], event)
     if event.published_at is None:
@@ -218,6 +228,7 @@ async def plan_deliveries(
         email_enabled=EMAIL in config.channels,
         slack_enabled=SLACK in config.channels,
         assignee_email=assignee_email if ticket.assignee_id else None,
+        webhook_endpoints=(webhook_endpoints or []) if WEBHOOK in config.channels else (),
     )
     recipients = recipients_for(event, ticket, audience)
     if recipients:
@@ -250,14 +261,27 @@ async def deliver_batch(
     """
     loaded = (await session.execute(_LOAD_DELIVERIES, {"delivery_ids": list(delivery_ids)})).all()
     attempts: list[_Attempt] = []
-    for row_id, event_id, channel, recipient, status, tries, event, ticket, message in loaded:
+    for (
+        row_id,
+        event_id,
+        channel,
+        recipient,
+        status,
+        tries,
+        created,
+        event,
+        ticket,
+        message,
+    ) in loaded:
         if status == LedgerStatus.PENDING:
             attempts.append(
-                _Attempt(row_id, event_id, channel, recipient, tries, event, ticket, message)
+                _Attempt(
+                    row_id, event_id, channel, recipient, tries, created, event, ticket, message
+                )
             )
     if not attempts:
         return [DeliveryResult(Outcome.SKIPPED) for _ in delivery_ids]
-    await asyncio.gather(*(attempt.run(config) for attempt in attempts))
+    await asyncio.gather(*(attempt.run(config, now) for attempt in attempts))
     await session.execute(
         _RECORD_RESULTS,
         {
@@ -287,6 +311,7 @@ class _Attempt:
     channel: str
     recipient: str
     attempts: int
+    created_at: datetime
     event: TicketEvent | None
     ticket: Ticket | None
     message: Message | None
@@ -297,7 +322,7 @@ class _Attempt:
         """The ledger status the result leaves the row in (a retry stays pending)."""
         return _LEDGER_STATUS.get(self.result.outcome, LedgerStatus.PENDING)
 
-    async def run(self, config: DeliveryConfig) -> None:
+    async def run(self, config: DeliveryConfig, now: datetime) -> None:
         bound = log.bind(
             event_id=self.event_id,
             ticket_id=self.ticket.id if self.ticket else None,
@@ -319,13 +344,14 @@ class _Attempt:
         except PermanentDeliveryError as exc:
             return self._fail(str(exc), bound)
         except TransientDeliveryError as exc:
-            return self._retry(str(exc), exc.retry_after_s, config, bound)
+            return self._retry(str(exc), exc.retry_after_s, config, bound, now - self.created_at)
         except Exception as exc:
             # A bug or a failure the channel did not classify: retried like a transient one
             # (and given up after max_attempts), so the other rows of the batch are still
             # recorded as sent instead of the whole batch being sent again.
             bound.exception("delivery.unexpected_error")
-            return self._retry(f"{type(exc).__name__}: {exc}", None, config, bound)
+            error = f"{type(exc).__name__}: {exc}"
+            return self._retry(error, None, config, bound, now - self.created_at)
         self.result = DeliveryResult(Outcome.SENT, channel=self.channel)
         bound.info("delivery.attempt", outcome="sent", attempt=self.attempts)
         return None
@@ -336,8 +362,13 @@ class _Attempt:
         retry_after_s: float | None,
         config: DeliveryConfig,
         bound: structlog.typing.FilteringBoundLogger,
+        age: timedelta,
     ) -> None:
-        if self.attempts >= config.max_attempts:
+        if self.attempts >= config.max_attempts and (
+            # A webhook receiver may be down for hours: its rows are retried for a day (the
+            # outbox sweep sends them again once the message's own retries are spent).
+            self.channel != WEBHOOK or age >= WEBHOOK_RETRY_FOR
+        ):
             return self._fail(f"gave up after {self.attempts} attempts: {error}", bound)
         self.result = DeliveryResult(
             Outcome.RETRY, retry_after_s=retry_after_s, error=error, channel=self.channel

@@ -7,10 +7,11 @@ notice looks (an email's subject and body, a Slack message's blocks) is up to it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from domain.events import EventType
 from domain.lifecycle import Category, Priority, Status
@@ -19,6 +20,7 @@ from domain.models import Message, Ticket, TicketEvent
 EMAIL = "email"
 SLACK = "slack"
 SLACK_RECIPIENT = "webhook"  # one Slack destination: the configured incoming webhook
+WEBHOOK = "webhook"  # the host app's endpoints (domain/webhooks.py); recipient: the endpoint id
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class Audience:
     slack_enabled: bool = False
     email_enabled: bool = False
     assignee_email: str | None = None
+    # Enabled webhook endpoints that want this event's type (their ids).
+    webhook_endpoints: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,10 @@ def recipients_for(event: TicketEvent, ticket: Ticket, audience: Audience) -> li
             found += _team(audience)
     elif event.type == EventType.TICKET_CLOSED and event.actor_id != ticket.user_id:
         found = _requester(ticket, audience)
+    elif event.type == EventType.WEBHOOK_DISABLED:
+        found = _team(audience)
+    # Webhooks: every endpoint that asked for the event's type, whoever else is told.
+    found += [Recipient(WEBHOOK, endpoint_id) for endpoint_id in audience.webhook_endpoints]
     # One delivery per (channel, address), whatever the overlaps of the lists above.
     unique: dict[tuple[str, str], Recipient] = {}
     for recipient in found:
@@ -99,6 +107,7 @@ class NoticeKind(StrEnum):
     ESCALATED = "escalated"  # priority raised to urgent
     SLA_BREACHED = "sla_breached"
     UPDATED = "updated"
+    WEBHOOK_DISABLED = "webhook_disabled"  # an endpoint failed for too long (to the team)
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,11 @@ class Notice:
     assignee: str | None
     sla_due_at: datetime | None  # set for an SLA breach only
     reply: Reply | None
+    # The event itself, for channels that pass it on whole (webhooks).
+    event_type: str = ""
+    occurred_at: datetime | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)  # the event's payload
+    explanation: str | None = None  # a notice about the service itself says what happened
 
 
 def _kind_of(event: TicketEvent) -> NoticeKind:
@@ -135,6 +149,8 @@ def _kind_of(event: TicketEvent) -> NoticeKind:
         return NoticeKind.NEW_TICKET
     if event.type == EventType.TICKET_SLA_BREACHED:
         return NoticeKind.SLA_BREACHED
+    if event.type == EventType.WEBHOOK_DISABLED:
+        return NoticeKind.WEBHOOK_DISABLED
     if event.type == EventType.MESSAGE_CREATED:
         return NoticeKind.SUPPORT_REPLY if payload.get("is_admin") else NoticeKind.USER_REPLY
     if event.type == EventType.TICKET_CLOSED:
@@ -174,4 +190,22 @@ def notice_for(
             if message is not None
             else None
         ),
+        event_type=event.type,
+        occurred_at=event.created_at,
+        details=event.payload or {},
+        explanation=explanation(event),
     )
+
+
+def explanation(event: TicketEvent) -> str | None:
+    """The words of a notice that is about the service rather than the ticket."""
+    payload = event.payload or {}
+    if event.type == EventType.WEBHOOK_DISABLED:
+        return (
+            f"Webhook endpoint {payload.get('endpoint_id')} ({payload.get('url')}) was "
+            f"disabled: {payload.get('reason')}. Its pending deliveries fail. Fix the receiver, "
+            "enable the endpoint again (PATCH /v1/admin/support/webhooks/{id}, enabled: true) "
+            "and retry the failed deliveries (/v1/admin/support/deliveries?channel=webhook"
+            "&status=failed). The ticket below is the one whose delivery failed last."
+        )
+    return None

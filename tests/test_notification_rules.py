@@ -186,4 +186,7 @@ def test_the_notice_carries_the_ticket_and_the_reply() -> None:
         assignee="agent",
         sla_due_at=None,
         reply=Reply(by_support=True, written_at=T0, body="On it"),
+        event_type=EventType.MESSAGE_CREATED,
+        occurred_at=T0,
+        details={"is_admin": True},
     )

@@ -49,6 +49,7 @@ def email_text(notice: Notice) -> str:
     lines = [
         HEADLINES[notice.kind],
         "",
+        *([notice.explanation, ""] if notice.explanation else []),
         f"Ticket:    {notice.ticket_id}",
         f"Subject:   {notice.subject}",
         f"Status:    {notice.status}",

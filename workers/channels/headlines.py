@@ -14,4 +14,5 @@ HEADLINES: dict[NoticeKind, str] = {
     NoticeKind.ESCALATED: "Ticket escalated to urgent",
     NoticeKind.SLA_BREACHED: "SLA breached: no admin response in time",
     NoticeKind.UPDATED: "Ticket updated",
+    NoticeKind.WEBHOOK_DISABLED: "Webhook endpoint disabled",
 }

@@ -22,6 +22,11 @@ def slack_message(notice: Notice) -> dict[str, Any]:
     ]
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": headline[:150]}},
+        *(
+            [{"type": "section", "text": _mrkdwn(_escape(notice.explanation[:2900]))}]
+            if notice.explanation
+            else []
+        ),
         {"type": "section", "text": _mrkdwn(f"*{_escape(notice.subject)}*")},
         {"type": "section", "fields": fields},
     ]
