@@ -84,6 +84,7 @@ class Settings:
     admin_emails: tuple[str, ...] = ()
     slack_webhook_url: str | None = field(default=None, repr=False)
     sla_urgent_seconds: int = 3600
+    sla_policy_file: str | None = None  # TOML, domain/sla_policy.py; unset: the default policy
     auto_close_seconds: int = 604800
     log_format: str = "json"
     log_level: str = "INFO"
@@ -194,6 +195,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         admin_emails=_list(env, "ADMIN_EMAILS"),
         slack_webhook_url=_opt(env, "SLACK_WEBHOOK_URL"),
         sla_urgent_seconds=_int(env, "SLA_URGENT_SECONDS", 3600, minimum=1),
+        sla_policy_file=_opt(env, "SLA_POLICY_FILE"),
         auto_close_seconds=_int(env, "AUTO_CLOSE_SECONDS", 604800, minimum=1),
         log_format=log_format,
         log_level=log_level,
