@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
-from datetime import timedelta
 
 from litestar import Litestar, Router
 from litestar.datastructures import State
@@ -12,6 +13,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from redis.asyncio import Redis
 
 from api.auth import TokenVerifier
 from api.console import console_router
@@ -35,10 +37,12 @@ from api.routes.admin_tickets import AdminTicketController
 from api.routes.health import healthz, readyz
 from api.routes.operations import DeliveryController, TicketHistoryController
 from api.routes.user_tickets import UserTicketController
+from api.routes.webhooks import WebhookController
+from domain import heartbeats
 from domain.db import ConnectionGate, make_engine, make_sessionmaker
 from domain.idempotency import IdempotencyKeys
 from domain.logging import configure_logging
-from domain.policies import TimePolicy
+from domain.policies import TimePolicy, time_policy
 from domain.settings import Settings, load_settings
 from domain.tickets import TicketService
 
@@ -50,10 +54,7 @@ def create_app(
     settings = settings or load_settings()
     configure_logging(settings)
     verifier = TokenVerifier(settings)
-    policy = TimePolicy(
-        sla_urgent=timedelta(seconds=settings.sla_urgent_seconds),
-        auto_close_after=timedelta(seconds=settings.auto_close_seconds),
-    )
+    policy = time_policy(settings)  # a bad SLA_POLICY_FILE stops the API here, naming the line
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
@@ -64,9 +65,20 @@ def create_app(
         app.state.sessionmaker = make_sessionmaker(app.state.engine)
         app.state.connection_gate = ConnectionGate(settings, waiting=WAITING_FOR_DATABASE)
         app.state.publisher = publisher or make_publisher(settings, app.state.sessionmaker)
+        heartbeat_redis = Redis.from_url(
+            settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+        )
+        stop_beating = asyncio.Event()
+        heartbeat = asyncio.get_running_loop().create_task(
+            heartbeats.beat_until(stop_beating, heartbeat_redis, "api")
+        )
         try:
             yield
         finally:
+            stop_beating.set()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(heartbeat, timeout=5)
+            await heartbeat_redis.aclose()
             close = getattr(app.state.publisher, "close", None)
             if close is not None:
                 await close()
@@ -82,6 +94,7 @@ def create_app(
             AdminTicketController,
             DeliveryController,
             TicketHistoryController,
+            WebhookController,
         ],
         guards=[api_request_guard],
     )

@@ -32,7 +32,13 @@ CACHE_MAX_AGE_S = 300.0
 
 
 class InvalidToken(Exception):
-    """The token is missing, malformed, expired or not signed by a trusted key."""
+    """The token is missing, malformed, expired or not signed by a trusted key. ``reason`` is
+    one of a few fixed words (the auth-failure metric's label): missing, malformed, expired,
+    bad_signature, invalid_claims."""
+
+    def __init__(self, message: str, *, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class TokenVerifier:
@@ -80,7 +86,9 @@ class TokenVerifier:
 
     def verify(self, token: str) -> Caller:
         if not token or len(token) > MAX_TOKEN_BYTES:
-            raise InvalidToken("token missing or too large")
+            raise InvalidToken(
+                "token missing or too large", reason="missing" if not token else "malformed"
+            )
         # Only a byte-identical token that passed every check below is found here: a tampered
         # token is another key, and a refused token is never stored.
         caller = self._verified.get(token)
@@ -113,16 +121,20 @@ class TokenVerifier:
             except jwt.InvalidSignatureError as exc:
                 error = exc  # maybe signed by the next (rotated) key
             except jwt.PyJWTError as exc:
-                raise InvalidToken(str(exc)) from exc
+                raise InvalidToken(str(exc), reason=_reason(exc)) from exc
         if claims is None:
-            raise InvalidToken(str(error or "signature verification failed"))
+            raise InvalidToken(
+                str(error or "signature verification failed"), reason="bad_signature"
+            )
         # "require" made PyJWT check that exp is there and numeric.
         return self._caller(claims), float(claims["exp"])
 
     def _caller(self, claims: dict[str, Any]) -> Caller:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub.strip() or len(sub) > 255 or "\x00" in sub:
-            raise InvalidToken("sub must be a non-empty string of at most 255 characters")
+            raise InvalidToken(
+                "sub must be a non-empty string of at most 255 characters", reason="invalid_claims"
+            )
         roles = claims.get("roles")
         is_admin = claims.get("role") == self.admin_role or (
             isinstance(roles, list) and self.admin_role in roles
@@ -180,9 +192,19 @@ def _public_key(pem: bytes) -> Any:
         raise ConfigError(detail) from exc
 
 
+def _reason(error: jwt.PyJWTError) -> str:
+    if isinstance(error, jwt.ExpiredSignatureError):
+        return "expired"
+    if isinstance(error, jwt.InvalidSignatureError):
+        return "bad_signature"
+    if isinstance(error, jwt.DecodeError):  # not a JWT at all, or an unreadable one
+        return "malformed"
+    return "invalid_claims"  # audience, issuer, not yet valid, a required claim missing
+
+
 def bearer_token(authorization: str | None) -> str:
     if not authorization:
-        raise InvalidToken("missing Authorization header")
+        raise InvalidToken("missing Authorization header", reason="missing")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise InvalidToken("Authorization header must be 'Bearer <token>'")

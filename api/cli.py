@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import jwt
@@ -76,7 +76,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
     import asyncio
 
     from domain.db import make_engine, make_sessionmaker
-    from domain.policies import TimePolicy
+    from domain.policies import time_policy
     from domain.seed import seed
     from domain.tickets import TicketService
 
@@ -85,10 +85,7 @@ def cmd_seed(args: argparse.Namespace) -> int:
     async def run() -> int:
         engine = make_engine(settings, pool_size=2)
         try:
-            policy = TimePolicy(
-                sla_urgent=timedelta(seconds=settings.sla_urgent_seconds),
-                auto_close_after=timedelta(seconds=settings.auto_close_seconds),
-            )
+            policy = time_policy(settings)
             ids = await seed(make_sessionmaker(engine), TicketService(policy), tickets=args.tickets)
         finally:
             await engine.dispose()
@@ -113,6 +110,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # against auto made no difference beyond noise; --task-impl rust broke anyio's cancel scopes
     # (500s); GRANIAN_BACKPRESSURE starved connections (section 3).
     os.environ.setdefault("GRANIAN_LOOP", "uvloop" if _has_uvloop() else "asyncio")
+    # Every server process writes its metric samples here; /metrics, whichever process answers
+    # it, reports the sum (api/metrics.py). Emptied at each start.
+    from api.metrics import prepare_multiprocess_dir
+
+    metrics_root = Path(os.environ.get("METRICS_DIR") or tempfile.gettempdir())
+    prepare_multiprocess_dir(metrics_root / f"helpdesk-api-{settings.port}")
     argv = [
         "granian",
         "--interface",

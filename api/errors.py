@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.auth import InvalidToken
+from api.metrics import AUTH_FAILURES
 from api.request_log import note_refusal_reason
 from api.schemas import ErrorBody, ErrorDetail, ErrorResponse
 from domain.errors import Conflict, NotFound
@@ -121,6 +122,7 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
 def on_invalid_token(request: Request[Any, Any, Any], exc: InvalidToken) -> Response[Any]:
     # The reason goes on the access line; the client learns only that the token was refused.
     note_refusal_reason(request.scope, f"token: {exc}")
+    AUTH_FAILURES.labels(exc.reason).inc()
     return error_response(
         HTTP_401_UNAUTHORIZED,
         "unauthorized",

@@ -31,6 +31,8 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from api.metrics import RATE_LIMIT_REFUSALS
+
 log = structlog.get_logger("api.rate_limit")
 
 _FAIL_OPEN_S = 5.0  # after a Redis error, skip the check for this long
@@ -104,6 +106,7 @@ class UserRateLimiter:
             return  # fail open
         if retry_after_ms < 0:
             return
+        RATE_LIMIT_REFUSALS.inc()
         raise TooManyRequestsException(
             detail=f"rate limit of {self.item.amount} requests per minute exceeded",
             headers={"Retry-After": str(max(1, math.ceil(retry_after_ms / 1000)))},

@@ -1,4 +1,5 @@
-"""Per-request id and access log: one line per request with method, path, status and duration.
+"""Per-request id, access log and request metrics: one line per request with method, path, status
+and duration, and the same request counted in api/metrics.py by its route template.
 
 Pure ASGI so it costs little on the hot path. Tokens and bodies are never logged. A refused
 request is this one line and nothing else: info for a 4xx (with the reason, when a handler
@@ -14,6 +15,7 @@ import time
 import structlog
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.metrics import IN_FLIGHT, UNMATCHED, record_request
 from domain.ids import new_id
 
 log = structlog.get_logger("api.access")
@@ -47,6 +49,7 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         status = 500
+        IN_FLIGHT.inc()
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -60,11 +63,17 @@ def request_log_middleware(app: ASGIApp) -> ASGIApp:
         try:
             await app(scope, receive, send_with_id)
         finally:
+            IN_FLIGHT.dec()
+            seconds = time.perf_counter() - started
+            method = str(scope.get("method", ""))
+            # The router puts the matched route's template in the scope; a path that matched
+            # none has no template and shares one label value (never the raw path).
+            record_request(scope.get("path_template") or UNMATCHED, method, status, seconds)
             fields: dict[str, object] = {
-                "method": scope.get("method", ""),
+                "method": method,
                 "path": scope["path"][:256],
                 "status": status,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "duration_ms": round(seconds * 1000, 2),
             }
             reason = scope.get("state", {}).get(_REASON_KEY)
             if reason:

@@ -54,6 +54,14 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+class WaitingGauge(Protocol):
+    """Where the gate counts the requests queued for a slot (a Prometheus gauge in the API)."""
+
+    def inc(self) -> None: ...
+
+    def dec(self) -> None: ...
+
+
 class ConnectionGate:
     """Admits requests to the database in arrival order, as many at once as the pool can serve.
 
@@ -64,10 +72,17 @@ class ConnectionGate:
     process's own work (the event publisher marks events published through the same pool).
     """
 
-    def __init__(self, settings: Settings, *, timeout_s: float = POOL_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        timeout_s: float = POOL_TIMEOUT_S,
+        waiting: WaitingGauge | None = None,
+    ) -> None:
         self.slots = max(1, pool_capacity(settings) - 1)
         self._slots = asyncio.Semaphore(self.slots)
         self.timeout_s = timeout_s
+        self._waiting = waiting
 
     @property
     def free(self) -> int:
@@ -77,12 +92,20 @@ class ConnectionGate:
     @asynccontextmanager
     async def slot(self, *, timeout_s: float | None = None) -> AsyncIterator[None]:
         wait_s = self.timeout_s if timeout_s is None else timeout_s
+        # Only a request that finds every slot taken is counted as waiting (the usual case,
+        # a free slot, costs nothing more).
+        waiting = self._waiting if self._slots.locked() else None
+        if waiting is not None:
+            waiting.inc()
         try:
             async with asyncio.timeout(wait_s):
                 await self._slots.acquire()
         except TimeoutError as exc:
             # The same error as the pool's own timeout: the API answers 503 with Retry-After.
             raise PoolTimeout(f"no database connection free within {wait_s} s") from exc
+        finally:
+            if waiting is not None:
+                waiting.dec()
         try:
             yield
         finally:

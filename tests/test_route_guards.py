@@ -13,7 +13,13 @@ from litestar.testing import AsyncTestClient
 
 from tests.conftest import TokenFactory, auth
 
-OPEN_PATHS = ("/healthz", "/readyz", "/schema")
+# /console serves the agent console's static files (api/console): like /schema they are the same
+# for everyone and hold no data; the console reads tickets only through the guarded JSON API with
+# the agent's token. Its one write, /console/dev-token, exists only in development (tested in
+# tests/test_console_browser.py), never in the production app walked here.
+# /metrics is scraped by Prometheus, which sends no token; it carries counts and timings only
+# (tests/test_metrics.py checks that no label holds an id or an address).
+OPEN_PATHS = ("/healthz", "/readyz", "/schema", "/console", "/metrics")
 SAMPLE_ID = "01JN2XG6H7J8K9M0N1P2Q3R4S5"
 
 

@@ -43,6 +43,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from domain.logging import configure_logging
 from domain.settings import Settings, load_settings
 from workers import runtime
+from workers.liveness import Heartbeat
+from workers.metrics import pool_metrics_middleware
 
 log = structlog.get_logger("workers.broker")
 
@@ -254,6 +256,10 @@ def build_broker(settings: Settings) -> RedisBroker:
     middleware: list[Middleware] = [
         # First, so that the other middleware's boot lines are in our format too.
         LogFormat(settings),
+        # Messages processed/failed/retried per actor, when the pool exposes metrics.
+        *pool_metrics_middleware(),
+        # helpdesk status and the exporter see which queues have a live consumer.
+        Heartbeat(),
         # Drop messages older than their actor's max_age (stale periodic sweeps).
         AgeLimit(),
         # Kill an actor that runs past its time_limit; each actor sets its own.

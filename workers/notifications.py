@@ -11,6 +11,7 @@ import dramatiq
 from domain.delivery import Outcome, deliver_batch
 from domain.outbox import DELIVER_ACTOR, NOTIFICATIONS_QUEUE
 from workers.broker import broker  # noqa: F401  (the broker and its middleware, before any actor)
+from workers.metrics import count_deliveries
 from workers.runtime import runtime
 
 
@@ -34,6 +35,7 @@ async def deliver_notifications(delivery_ids: list[str]) -> None:
     async with rt.sessionmaker() as session:
         results = await deliver_batch(session, delivery_ids, rt.delivery, rt.clock())
         await session.commit()
+    count_deliveries(results)
     retries = [r for r in results if r.outcome is Outcome.RETRY]
     if retries:
         waits = [r.retry_after_s for r in retries if r.retry_after_s is not None]

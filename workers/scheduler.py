@@ -17,8 +17,9 @@ from types import FrameType
 import structlog
 from apscheduler.schedulers.blocking import BlockingScheduler
 
+from domain import heartbeats
 from domain.logging import configure_logging
-from workers.broker import settings
+from workers.broker import broker, settings
 from workers.maintenance import close_resolved_tickets_due, publish_outbox
 from workers.sla import sweep_sla_deadlines
 
@@ -47,6 +48,8 @@ def build_scheduler() -> BlockingScheduler:
             settings.auto_close_sweep_interval_s,
         ),
     ]
+    # helpdesk status and the exporter see that a scheduler runs.
+    jobs.append(("heartbeat", lambda: heartbeats.beat(broker.client, "scheduler"), 5.0))
     for name, send, interval in jobs:
         scheduler.add_job(
             _enqueue(name, send),
