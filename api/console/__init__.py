@@ -25,6 +25,7 @@ from typing import Any
 import jwt
 from litestar import Request, Response, Router, get, post
 from litestar.handlers import HTTPRouteHandler
+from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_304_NOT_MODIFIED
 
 from domain.devkey import ensure_dev_keypair
@@ -128,7 +129,7 @@ def console_router(settings: Settings) -> Router:
         return _serve(files["index.html"], request)
 
     @get("/assets/{name:str}", include_in_schema=False, sync_to_thread=False)
-    def asset(name: str, request: Request[Any, Any, Any]) -> Response[bytes]:
+    def asset(name: FromPath[str], request: Request[Any, Any, Any]) -> Response[bytes]:
         file = files.get(name)
         return _serve(file, request) if file and name != "index.html" else _not_found()
 

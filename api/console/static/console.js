@@ -61,8 +61,13 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+let sayTimer = null;
+
+// A short notice in the polite live region, cleared after a while so it never goes stale.
 function say(message) {
   $("status-line").textContent = message;
+  clearTimeout(sayTimer);
+  if (message) sayTimer = setTimeout(() => ($("status-line").textContent = ""), 8000);
 }
 
 // -- state ----------------------------------------------------------------------------------
@@ -261,17 +266,21 @@ async function poll() {
 // -- the queue ------------------------------------------------------------------------------
 
 function wireQueue() {
+  // Another filter or page is another list: only tickets that arrive in the same one are "new".
   $("filters").addEventListener("change", () => {
     state.page = 1;
+    state.queueIds = null;
     refreshQueue();
   });
   $("filters").addEventListener("submit", (event) => event.preventDefault());
   $("prev-page").addEventListener("click", () => {
     state.page = Math.max(1, state.page - 1);
+    state.queueIds = null;
     refreshQueue();
   });
   $("next-page").addEventListener("click", () => {
     state.page += 1;
+    state.queueIds = null;
     refreshQueue();
   });
 }
@@ -615,7 +624,8 @@ async function saveTicket() {
       showTicket(error.body.ticket, null);
       state.etag = null; // fetch it afresh with its ETag on the next poll
       $("ticket-error").textContent =
-        "Not saved: someone changed this ticket meanwhile. It is shown as it is now; check and try again.";
+        "Not saved: someone changed this ticket meanwhile; it is shown as it is now. " +
+        `The API said: ${error.message}.`;
     } else {
       $("ticket-error").textContent = `Not saved: ${error.message}`;
     }
