@@ -34,6 +34,7 @@ from domain.errors import NotFound
 from domain.events import EventType, NewEvent
 from domain.ids import is_valid_id, isoformat_z, new_id
 from domain.models import ID, TZ, Base
+from domain.settings import Settings
 from domain.tickets import Page
 
 URL_MAX = 2048
@@ -111,10 +112,21 @@ class WebhookUrlRefused(ValueError):
     """The URL is malformed, or names an address the operator has not allowed."""
 
 
+class HostUnresolvable(WebhookUrlRefused):
+    """The host does not resolve (at send time, maybe only for now)."""
+
+
 @dataclass(frozen=True)
 class UrlPolicy:
     allow_private: bool  # WEBHOOK_ALLOW_PRIVATE: loopback and private networks (dev, tests)
     require_https: bool  # everywhere but development and WEBHOOK_ALLOW_PRIVATE
+
+    @classmethod
+    def of(cls, settings: Settings) -> UrlPolicy:
+        return cls(
+            allow_private=settings.webhook_allow_private,
+            require_https=not (settings.webhook_allow_private or settings.is_development),
+        )
 
 
 def parse_url(url: str, policy: UrlPolicy) -> SplitResult:
@@ -178,10 +190,10 @@ async def resolve_allowed(host: str, port: int, *, allow_private: bool) -> list[
                 host, port, type=socket.SOCK_STREAM
             )
         except (OSError, UnicodeError) as exc:
-            raise WebhookUrlRefused(f"host {host!r} does not resolve ({exc})") from None
+            raise HostUnresolvable(f"host {host!r} does not resolve ({exc})") from None
         addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
         if not addresses:
-            raise WebhookUrlRefused(f"host {host!r} does not resolve")
+            raise HostUnresolvable(f"host {host!r} does not resolve")
     if not allow_private:
         for address in addresses:
             reason = refused_address(address)

@@ -49,7 +49,7 @@ class DeliveryController(Controller):
         page: PageNumber = 1,
         per_page: PerPage = 20,
         status: FromQuery[LedgerStatus | None] = None,
-        channel: FromQuery[Literal["email", "slack"] | None] = None,
+        channel: FromQuery[Literal["email", "slack", "webhook"] | None] = None,
         ticket_id: Annotated[
             str | None,
             QueryParameter(pattern=ULID_PATTERN, description="Only this ticket's deliveries."),

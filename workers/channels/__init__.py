@@ -1,4 +1,5 @@
-"""Notification channels: ``email`` (SMTP), ``slack`` (incoming webhook), ``recording`` (tests).
+"""Notification channels: ``email`` (SMTP), ``slack`` (incoming webhook), ``webhook`` (the host
+app's endpoints), ``recording`` (tests).
 
 Each has ``async send(notice)`` and raises the domain's Transient/PermanentDeliveryError.
 """
@@ -8,10 +9,11 @@ from __future__ import annotations
 import structlog
 
 from domain.delivery import Channel
-from domain.notifications import EMAIL, SLACK
+from domain.notifications import EMAIL, SLACK, WEBHOOK
 from domain.settings import Settings
 from workers.channels.email import SmtpChannel
 from workers.channels.slack import SlackChannel
+from workers.channels.webhook import WebhookChannel
 
 log = structlog.get_logger("workers.channels")
 
@@ -29,4 +31,6 @@ def configured_channels(settings: Settings) -> dict[str, Channel]:
         channels[SLACK] = SlackChannel(settings.slack_webhook_url)
     else:
         log.info("channel.disabled", channel=SLACK, reason="SLACK_WEBHOOK_URL is not set")
+    # Always on: the endpoints registered through the API say who gets what (none: nothing).
+    channels[WEBHOOK] = WebhookChannel(settings)
     return channels
