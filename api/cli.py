@@ -135,6 +135,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.execvp(argv[0], argv)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """Queue depths, outbox lag, failed deliveries, next SLA deadlines, live processes."""
+    import redis
+
+    from api.status_report import gather, render
+
+    try:
+        data = gather(load_settings(), deadlines=args.deadlines)
+    except redis.RedisError as exc:
+        print(f"cannot reach Redis: {exc}", file=sys.stderr)
+        return 3
+    print(render(data, as_json=args.json))
+    return 0
+
+
+def cmd_exporter(args: argparse.Namespace) -> int:
+    """Serve the scaling and alerting signals for Prometheus (runs until stopped)."""
+    from domain.logging import configure_logging
+    from workers.exporter import serve
+
+    settings = load_settings()
+    configure_logging(settings)
+    serve(settings, host=args.host, port=args.port)
+    return 0
+
+
 def _has_uvloop() -> bool:
     try:
         import uvloop  # noqa: F401
@@ -165,6 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     serve.add_argument("--workers", type=int, default=0, help="server processes (default: cores)")
     serve.set_defaults(func=cmd_serve)
+
+    status = sub.add_parser("status", help="queues, outbox lag, failures, SLA, live processes")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a screen")
+    status.add_argument("--deadlines", type=int, default=5, help="next SLA deadlines to show")
+    status.set_defaults(func=cmd_status)
+
+    exporter = sub.add_parser("exporter", help="serve queue depths, outbox lag etc. to Prometheus")
+    exporter.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    exporter.add_argument(
+        "--port", type=int, default=int(os.environ.get("EXPORTER_PORT", "9200") or 9200)
+    )
+    exporter.set_defaults(func=cmd_exporter)
 
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,127 @@
+"""The signals to scale and alert on, read from Redis and PostgreSQL: how much work waits in each
+queue, how far the outbox lags, what failed for good, and the SLA clock. Read by the exporter
+(workers/exporter.py) at each scrape and by ``helpdesk status``.
+
+Every query here uses a partial index (ticket_events_unhandled, deliveries_failed,
+tickets_sla_armed) or touches only a handful of rows, so a scrape every 15 s costs nothing a
+busy database would notice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from domain.models import SLA_ACTIVE_STATUSES
+from domain.outbox import ALL_QUEUES
+
+NAMESPACE = "dramatiq"  # the Redis broker's key prefix (Dramatiq's default)
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    queue: str
+    waiting: int  # ready to run, not yet taken by a worker
+    delayed: int  # retries and timers waiting for their time (the queue's delay queue)
+    oldest_age_s: float | None  # how long the next message to run has waited, when known
+
+
+@dataclass(frozen=True)
+class DatabaseSignals:
+    unpublished_events: int
+    oldest_unpublished_age_s: float | None
+    published_not_completed: int
+    oldest_published_not_completed_age_s: float | None
+    failed_deliveries: dict[str, int]  # by channel
+    sla_running: int  # urgent tickets on the first-response clock
+    sla_breached_open: int  # active tickets whose SLA was breached
+    next_sla_deadlines: list[tuple[str, datetime]] = field(default_factory=list)
+
+
+def queue_depths(client: Any, now_ms: int) -> list[QueueDepth]:
+    """Depths of every queue, read in one pipelined round trip plus one per non-empty queue."""
+    pipe = client.pipeline(transaction=False)
+    for queue in ALL_QUEUES:
+        pipe.llen(f"{NAMESPACE}:{queue}")
+        pipe.llen(f"{NAMESPACE}:{queue}.DQ")
+        pipe.lindex(f"{NAMESPACE}:{queue}", 0)  # the head: the next message a worker takes
+    answers = pipe.execute()
+    depths = []
+    for i, queue in enumerate(ALL_QUEUES):
+        waiting, delayed, head = answers[3 * i : 3 * i + 3]
+        depths.append(
+            QueueDepth(queue, int(waiting), int(delayed), _age_s(client, queue, head, now_ms))
+        )
+    return depths
+
+
+def _age_s(client: Any, queue: str, head: bytes | None, now_ms: int) -> float | None:
+    if head is None:
+        return None
+    raw = client.hget(f"{NAMESPACE}:{queue}.msgs", head)
+    if raw is None:
+        return None  # taken between the two reads
+    try:
+        enqueued_ms = int(json.loads(raw)["message_timestamp"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return max(0.0, (now_ms - enqueued_ms) / 1000)
+
+
+_ACTIVE = tuple(str(status) for status in SLA_ACTIVE_STATUSES)
+_ARMED = (
+    "sla_due_at IS NOT NULL AND sla_breached_at IS NULL AND first_admin_reply_at IS NULL "
+    "AND status = ANY(%(active)s)"
+)
+
+
+def database_signals(
+    conn: psycopg.Connection[Any], now: datetime, *, deadlines: int = 0
+) -> DatabaseSignals:
+    """The outbox, the ledger's failures and the SLA clock, in four short queries."""
+    unpublished, oldest_unpublished, published, oldest_published = conn.execute(
+        "SELECT count(*) FILTER (WHERE published_at IS NULL),"
+        " min(created_at) FILTER (WHERE published_at IS NULL),"
+        " count(*) FILTER (WHERE published_at IS NOT NULL),"
+        " min(published_at) FILTER (WHERE published_at IS NOT NULL)"
+        " FROM ticket_events WHERE completed_at IS NULL"
+    ).fetchone() or (0, None, 0, None)
+    failed = dict(
+        conn.execute(
+            "SELECT channel, count(*) FROM deliveries WHERE status = 'failed' GROUP BY channel"
+        ).fetchall()
+    )
+    running, breached = conn.execute(
+        f"SELECT (SELECT count(*) FROM tickets WHERE {_ARMED}),"
+        " (SELECT count(*) FROM tickets"
+        "   WHERE sla_breached_at IS NOT NULL AND status = ANY(%(active)s))",
+        {"active": list(_ACTIVE)},
+    ).fetchone() or (0, 0)
+    next_deadlines: list[tuple[str, datetime]] = []
+    if deadlines:
+        next_deadlines = [
+            (ticket_id, due)
+            for ticket_id, due in conn.execute(
+                f"SELECT id, sla_due_at FROM tickets WHERE {_ARMED}"
+                " ORDER BY sla_due_at LIMIT %(n)s",
+                {"active": list(_ACTIVE), "n": deadlines},
+            ).fetchall()
+        ]
+    return DatabaseSignals(
+        unpublished_events=int(unpublished),
+        oldest_unpublished_age_s=_seconds_since(oldest_unpublished, now),
+        published_not_completed=int(published),
+        oldest_published_not_completed_age_s=_seconds_since(oldest_published, now),
+        failed_deliveries={str(k): int(v) for k, v in failed.items()},
+        sla_running=int(running),
+        sla_breached_open=int(breached),
+        next_sla_deadlines=next_deadlines,
+    )
+
+
+def _seconds_since(moment: datetime | None, now: datetime) -> float | None:
+    return None if moment is None else max(0.0, (now - moment).total_seconds())
