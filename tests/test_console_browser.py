@@ -448,6 +448,7 @@ def test_an_expired_or_refused_token_sends_the_agent_back_to_sign_in(
     page.goto(f"{server.base_url}/console")
     notice = page.locator("#sign-in-notice")
     token_box = page.get_by_label("Admin token")
+    expect(page.get_by_role("button", name="Sign in as a development agent")).to_be_hidden()
     sign_in = page.get_by_role("button", name="Sign in", exact=True)
 
     # Pasted, valid for a few seconds: the console signs the agent out when it runs out.
@@ -486,3 +487,34 @@ def test_an_expired_or_refused_token_sends_the_agent_back_to_sign_in(
         "expired or was refused", timeout=APPEAR_WITHIN_MS
     )
     assert page2.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") is None
+
+
+def test_a_newcomer_signs_in_as_the_development_agent(
+    browser: Any, database_url: str, clean_db: str, tmp_path: Path
+) -> None:
+    """``make run`` (APP_ENV=development, no key configured): one button and the queue shows."""
+    from playwright.sync_api import expect
+
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("JWT_", "SMTP_", "SLACK_"))},
+        "APP_ENV": "development",
+        "HELPDESK_DEV_KEY_DIR": str(tmp_path / "devkeys"),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": TEST_REDIS_URL,
+        "PORT": str(free_port()),
+        "RATE_LIMIT_PER_MINUTE": "0",
+    }
+    dev_server = ApiServer(env, workers=1).start()
+    ctx = browser.new_context(viewport={"width": 1440, "height": 900})
+    try:
+        page = ctx.new_page()
+        page.goto(f"{dev_server.base_url}/console")
+        page.get_by_role("button", name="Sign in as a development agent").click()
+        expect(page.locator("#queue")).to_be_visible()
+        expect(page.locator("#who-name")).to_have_text("Signed in as dev-agent")
+        expect(page.locator("#queue-empty")).to_be_visible()
+        token = page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')")
+        assert token and token not in dev_server.output()
+    finally:
+        ctx.close()
+        dev_server.stop()
