@@ -531,7 +531,13 @@ def prepare_database(database_url: str, *, root: Path = ROOT, fresh: bool = Fals
     )
     if not fresh:
         with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute("TRUNCATE deliveries, ticket_events, messages, tickets, staff")
+            # Every table the migrations made (new ones included), never alembic_version.
+            tables = conn.execute(
+                "SELECT string_agg(quote_ident(tablename), ', ') FROM pg_tables"
+                " WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
+            ).fetchone()
+            if tables and tables[0]:
+                conn.execute(f"TRUNCATE {tables[0]} CASCADE")
             conn.execute("VACUUM ANALYZE")
             conn.execute("CHECKPOINT")
 
