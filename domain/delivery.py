@@ -12,7 +12,7 @@ from typing import Protocol, cast
 
 import structlog
 from sqlalchemy import String, Table, any_, bindparam, exists, func, select, text, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, array
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain.ids import new_id
@@ -87,10 +87,11 @@ class DeliveryResult:
 _deliveries = cast(Table, Delivery.__table__)
 _events = cast(Table, TicketEvent.__table__)
 
-# The enabled webhook endpoints that want the event's type (an empty table costs nothing).
+# The enabled webhook endpoints that want the event's type (an empty table costs nothing;
+# `@>` can use the endpoints' GIN index when there are many).
 _WANTED_BY_WEBHOOKS = (
     select(func.array_agg(WebhookEndpoint.id))
-    .where(WebhookEndpoint.enabled, TicketEvent.type == any_(WebhookEndpoint.event_types))
+    .where(WebhookEndpoint.enabled, WebhookEndpoint.event_types.contains(array([TicketEvent.type])))
     .scalar_subquery()
 )
 _LOAD_EVENT = (
