@@ -154,6 +154,8 @@ def parse_url(url: str, policy: UrlPolicy) -> SplitResult:
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# A resolver that does not answer must not hold a request (or a delivery) for long.
+RESOLVE_TIMEOUT_S = 3.0
 
 
 def refused_address(address: IPAddress) -> str | None:
@@ -186,9 +188,12 @@ async def resolve_allowed(host: str, port: int, *, allow_private: bool) -> list[
         addresses = [literal]
     else:
         try:
-            infos = await asyncio.get_running_loop().getaddrinfo(
-                host, port, type=socket.SOCK_STREAM
-            )
+            async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM
+                )
+        except TimeoutError:
+            raise HostUnresolvable(f"host {host!r} did not resolve in time") from None
         except (OSError, UnicodeError) as exc:
             raise HostUnresolvable(f"host {host!r} does not resolve ({exc})") from None
         addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0]) for info in infos))
