@@ -73,6 +73,14 @@ def metrics_env(service_env: dict[str, str], tmp_path: Path, name: str) -> dict[
     }
 
 
+def start_exporter(env: dict[str, str], processes: list[ServiceProcess]) -> str:
+    """``helpdesk exporter`` on a free port; its metrics URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "api.cli", "exporter", "--port", str(port)]
+    processes.append(ServiceProcess(command, env, ready_text="exporter.started").start())
+    return f"http://127.0.0.1:{port}/metrics"
+
+
 @pytest.mark.slow
 def test_counters_move_for_a_ticket_and_its_emails_across_processes(
     service_env: dict[str, str],
@@ -153,14 +161,7 @@ async def test_queue_depth_rises_while_the_pool_is_stopped_and_failures_show(
     make_token: TokenFactory,
     tmp_path: Path,
 ) -> None:
-    port = free_port()
-    exporter = ServiceProcess(
-        [sys.executable, "-m", "api.cli", "exporter", "--port", str(port)],
-        service_env,
-        ready_text="exporter.started",
-    ).start()
-    processes.append(exporter)
-    signals_url = f"http://127.0.0.1:{port}/metrics"
+    signals_url = start_exporter(service_env, processes)
     # The events pool turns each ticket into notification messages; the notifications pool is
     # not running yet, so they wait in its queue.
     processes.append(dramatiq_workers(service_env, [EVENTS_QUEUE]).start())
@@ -235,16 +236,8 @@ async def test_queue_depth_rises_while_the_pool_is_stopped_and_failures_show(
 def test_the_exporter_says_when_a_source_is_down(
     service_env: dict[str, str], processes: list[ServiceProcess]
 ) -> None:
-    port = free_port()
     env = {**service_env, "DATABASE_URL": "postgresql://root@127.0.0.1:1/nowhere"}
-    processes.append(
-        ServiceProcess(
-            [sys.executable, "-m", "api.cli", "exporter", "--port", str(port)],
-            env,
-            ready_text="exporter.started",
-        ).start()
-    )
-    samples = scrape(f"http://127.0.0.1:{port}/metrics")
+    samples = scrape(start_exporter(env, processes))
     assert value(samples, "helpdesk_signal_source_up", source="postgresql") == 0
     assert value(samples, "helpdesk_signal_source_up", source="redis") == 1
     assert value(samples, "helpdesk_queue_messages", queue=EVENTS_QUEUE) == 0
