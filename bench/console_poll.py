@@ -9,8 +9,8 @@ while idle and while polled.
 
     python -m bench.console_poll [--consoles 20] [--seconds 30] [--tickets 500]
 
-Uses the database ``helpdesk_bench_console`` (dropped and created afresh) and Redis database 13 unless
-told otherwise. Prints numbers, asserts nothing.
+Uses the database ``helpdesk_bench_console`` (dropped and created afresh) and Redis database 13
+unless told otherwise. Prints numbers, asserts nothing.
 """
 
 from __future__ import annotations

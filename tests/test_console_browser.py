@@ -279,6 +279,7 @@ def test_an_agent_works_a_ticket_the_user_sees_it(
     created = time.monotonic()
     expect(row(page, "Payout missing")).to_be_visible(timeout=APPEAR_WITHIN_MS)
     assert time.monotonic() - created <= APPEAR_WITHIN_MS / 1000
+    expect(row(page, "Payout missing").locator(".activity")).to_have_text("new")
     expect(row(page, "Payout missing")).to_contain_text("alice")
     expect(row(page, "Payout missing")).to_contain_text("Open")
 
@@ -314,7 +315,7 @@ def test_an_agent_works_a_ticket_the_user_sees_it(
     ]
     status.select_option("resolved")
     page.get_by_role("button", name="Save changes").click()
-    expect(status).to_have_value("resolved")
+    expect(page.locator("#ticket-facts")).to_contain_text("Resolved")  # saved, not just picked
 
     # The user sees the reply and the status through the API.
     seen = api.user_view("alice", ticket_id)
@@ -418,7 +419,7 @@ def test_an_urgent_ticket_past_its_sla_stands_out_as_breached(
     row(page, "Payout missing").get_by_role("link").click()
     expect(page.locator("#queue")).to_be_hidden()  # one column: the ticket replaces the queue
     expect(page.locator("li.msg-agent")).to_have_count(1)
-    page.screenshot(path=SCREENSHOTS / "console-ticket-narrow.png")
+    page.screenshot(path=SCREENSHOTS / "console-ticket-narrow.png", full_page=True)
     assert context.dialogs == []
 
 

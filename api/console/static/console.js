@@ -81,10 +81,12 @@ const state = {
   queueKey: "", // what the rendered queue page was built from: skip identical re-renders
   queueIds: null, // ids on the last page, to announce new ones
   queueRows: [],
+  seen: new Map(), // ticket id -> the updated_at the agent has seen: newer is "new activity"
   ticket: null,
   etag: null,
   eventsFor: null, // the ETag whose audit trail is shown
   ticketId: null,
+  pagination: null,
 };
 
 // -- the API --------------------------------------------------------------------------------
@@ -226,6 +228,9 @@ function signOut(notice) {
   state.etag = null;
   state.queueKey = "";
   state.queueIds = null;
+  state.seen = new Map();
+  state.queueRows = [];
+  state.pagination = null;
   clearTimeout(state.expiryTimer);
   clearTimeout(state.pollTimer);
   $("queue-rows").replaceChildren();
@@ -323,12 +328,16 @@ async function refreshQueue() {
   state.queueKey = key;
   announceNew(data);
   state.queueRows = data;
+  state.pagination = pagination;
   renderQueue(data, pagination);
 }
 
 function announceNew(rows) {
   const ids = new Set(rows.map((t) => t.id));
-  if (state.queueIds) {
+  if (!state.queueIds) {
+    // A list shown afresh (sign-in, another filter or page): what it holds is not news.
+    for (const t of rows) if (!state.seen.has(t.id)) state.seen.set(t.id, t.updated_at);
+  } else {
     const fresh = rows.filter((t) => !state.queueIds.has(t.id)).length;
     if (fresh === 1) say("1 new ticket in the queue.");
     else if (fresh > 1) say(`${fresh} new tickets in the queue.`);
@@ -339,7 +348,12 @@ function announceNew(rows) {
 function renderQueue(rows, pagination) {
   const now = Date.now();
   const body = $("queue-rows");
+  // A poll must not take the keyboard focus away from the row the agent is on.
+  const focused = body.contains(document.activeElement)
+    ? document.activeElement.closest("tr")?.getAttribute("data-id")
+    : null;
   body.replaceChildren(...rows.map((ticket) => queueRow(ticket, now)));
+  if (focused) body.querySelector(`tr[data-id="${CSS.escape(focused)}"] a`)?.focus();
   $("queue-empty").hidden = rows.length > 0;
   $("queue-count").textContent = `${pagination.total} ticket${pagination.total === 1 ? "" : "s"}`;
   const pages = Math.max(1, pagination.total_pages);
@@ -359,7 +373,7 @@ function queueRow(ticket, now) {
   return el(
     "tr",
     { class: classes.join(" "), "data-id": ticket.id },
-    el("td", { class: "c-subject", "data-label": "Subject" }, link),
+    el("td", { class: "c-subject", "data-label": "Subject" }, link, activityBadge(ticket)),
     el("td", { class: "c-requester", "data-label": "Requester" }, ticket.user_id),
     el("td", { "data-label": "Status" }, statusBadge(ticket.status)),
     el("td", { "data-label": "Priority" }, priorityBadge(ticket.priority)),
@@ -371,6 +385,17 @@ function queueRow(ticket, now) {
     ),
     el("td", { "data-label": "SLA" }, slaBadge(ticket)),
   );
+}
+
+// Since the agent last looked: a ticket that arrived, or one with a reply or change since.
+function activityBadge(ticket) {
+  if (ticket.id === state.ticketId) return null;
+  const seen = state.seen.get(ticket.id);
+  if (seen === undefined) return el("span", { class: "badge activity" }, "new");
+  if (parseTime(ticket.updated_at) > parseTime(seen)) {
+    return el("span", { class: "badge activity" }, "new activity");
+  }
+  return null;
 }
 
 function statusBadge(status) {
@@ -483,14 +508,9 @@ function closeTicket() {
   markSelected();
 }
 
+// The open ticket's row is marked (and loses its activity badge): the rows are drawn again.
 function markSelected() {
-  for (const row of document.querySelectorAll("tr[data-id]")) {
-    const selected = row.getAttribute("data-id") === state.ticketId;
-    row.classList.toggle("is-selected", selected);
-    const link = row.querySelector("a");
-    if (selected) link.setAttribute("aria-current", "true");
-    else link.removeAttribute("aria-current");
-  }
+  if (state.pagination) renderQueue(state.queueRows, state.pagination);
 }
 
 async function refreshTicket() {
@@ -515,6 +535,7 @@ async function refreshTicket() {
 function showTicket(ticket, etag) {
   const grew = state.ticket && ticket.messages.length > state.ticket.messages.length;
   state.ticket = ticket;
+  state.seen.set(ticket.id, ticket.updated_at);
   state.etag = etag;
   renderTicket(ticket);
   if (grew) say("New message in this ticket.");
