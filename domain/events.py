@@ -28,6 +28,8 @@ class EventType(StrEnum):
     TICKET_UPDATED = "ticket.updated"
     TICKET_CLOSED = "ticket.closed"
     TICKET_SLA_BREACHED = "ticket.sla_breached"
+    # A share of an SLA target has elapsed (SLA policy ``warn_at``); payload names the target.
+    TICKET_SLA_WARNING = "ticket.sla_warning"
     DELIVERY_RETRIED = "delivery.retried"  # an operator sent a failed notification again
     # A webhook endpoint failed for too long and was switched off (the team is told); it rides
     # on the ticket whose delivery was the last to fail, as every event belongs to a ticket.

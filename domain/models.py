@@ -15,7 +15,6 @@ from typing import Any, cast
 
 from sqlalchemy import (
     Boolean,
-    DateTime,
     ForeignKey,
     Integer,
     String,
@@ -27,8 +26,9 @@ from sqlalchemy import (
     literal,
 )
 from sqlalchemy.dialects.postgresql import BYTEA, JSONB, TSVECTOR
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from domain.base import ID, TZ, Base
 from domain.errors import TicketClosed
 from domain.events import EventType, NewEvent
 from domain.ids import isoformat_z, new_id
@@ -42,13 +42,10 @@ from domain.lifecycle import (
     check_transition,
 )
 from domain.policies import TimePolicy
+from domain.sla_clocks import OPEN_STATES, ClockState, SlaClock
+from domain.sla_policy import SlaPolicy, Target
 
-ID = String(26)
-TZ = DateTime(timezone=True)
-
-
-class Base(DeclarativeBase):
-    pass
+__all__ = ["ID", "TZ", "Base", "Message", "SlaClock", "Ticket", "TicketEvent"]
 
 
 class Ticket(Base):
@@ -72,6 +69,11 @@ class Ticket(Base):
     # The subject's text-search document (weight A), kept by a trigger (migration 0004); never
     # loaded with the ticket, only searched (domain/search.py).
     search_vector: Mapped[Any] = mapped_column(TSVECTOR, deferred=True)
+    # The SLA clocks (domain/sla_clocks.py). Never loaded implicitly: the ticket service loads
+    # them with the ticket (under its lock for a write), and a new ticket starts with its own.
+    clocks: Mapped[list[SlaClock]] = relationship(
+        lazy="raise", cascade="all, delete-orphan", order_by=SlaClock.target
+    )
 
     # -- the lifecycle: each method checks the rules, changes the ticket, returns its events ---
 
@@ -105,6 +107,7 @@ class Ticket(Base):
             sla_due_at=None,
             sla_breached_at=None,
         )
+        ticket.clocks = []
         ticket._replan_sla(was_on_clock=False, now=now, policy=policy)
         message = ticket._new_message(author, body, now)
         payload: dict[str, Any] = {"message_id": message.id, "priority": ticket.priority}
@@ -128,17 +131,23 @@ class Ticket(Base):
             self._replan_sla(was_on_clock=was_on_clock, now=now, policy=policy)
         if author.email and self.requester_email != author.email:
             self.requester_email = author.email
+        self._await_next_response(now, policy.slas)
         message, added = self._add_message(author, body, now)
         return message, [added, *self._updated(author, changes, now)]
 
     def reply_as_agent(
         self, author: Caller, body: str, *, now: datetime
     ) -> tuple[Message, list[NewEvent]]:
-        """An agent's reply; the first one meets the first-response SLA."""
+        """An agent's reply; the first one meets the first-response SLA, and any one meets a
+        running next-response clock."""
         if self.status == Status.CLOSED:
             raise TicketClosed()
         if self.first_admin_reply_at is None:
             self.first_admin_reply_at = now
+        for target in (Target.FIRST_RESPONSE, Target.NEXT_RESPONSE):
+            clock = self.clock(target)
+            if clock is not None:
+                clock.meet(now)
         message, added = self._add_message(author, body, now)
         return message, [added]
 
@@ -199,6 +208,7 @@ class Ticket(Base):
         if not self.auto_close_due(now, policy.auto_close_after):
             return []
         self._move(Trigger.AUTO_CLOSE, Status.CLOSED, now)
+        self._settle_clocks(now)
         return [NewEvent(self.id, EventType.TICKET_CLOSED, auto_closed_payload(), now)]
 
     def breach(self, *, now: datetime) -> list[NewEvent]:
@@ -207,16 +217,39 @@ class Ticket(Base):
         if not self.sla_breach_due(now) or self.sla_due_at is None:
             return []
         self.sla_breached_at = now
+        clock = self.clock(Target.FIRST_RESPONSE)
+        if clock is not None:
+            clock.mark_breached(now)
         payload = breach_payload(self.sla_due_at, now)
         return [NewEvent(self.id, EventType.TICKET_SLA_BREACHED, payload, now)]
+
+    def fire_timers(self, *, now: datetime) -> list[NewEvent]:
+        """Every SLA timer of the ticket that is due: the first-response breach, then each
+        clock's warning and breach (the sweeps do the same in SQL, domain/timers.py)."""
+        fired = self.breach(now=now)
+        for clock in self.clocks:
+            fired += clock.warn(now) + clock.breach(now)
+        return fired
+
+    def clock(self, target: Target) -> SlaClock | None:
+        return next((c for c in self.clocks if c.target == target), None)
 
     # -- the rules the sweeps also apply in SQL (see SLA_BREACH_DUE, AUTO_CLOSE_DUE below) -----
 
     @property
     def on_sla_clock(self) -> bool:
-        """An urgent, active ticket with no agent reply yet is on the first-response clock."""
+        """An active ticket with a first-response deadline and no agent reply yet is on the
+        first-response clock. (The deadline is only ever armed for a priority the policy gives
+        a first-response target, by default urgent, and cleared when it leaves it unanswered.)"""
         return (
-            self.priority == Priority.URGENT
+            self.sla_due_at is not None
+            and self.status in SLA_ACTIVE_STATUSES
+            and self.first_admin_reply_at is None
+        )
+
+    def wants_first_response_clock(self, slas: SlaPolicy) -> bool:
+        return (
+            slas.target(self.priority, Target.FIRST_RESPONSE) is not None
             and self.status in SLA_ACTIVE_STATUSES
             and self.first_admin_reply_at is None
         )
@@ -251,19 +284,106 @@ class Ticket(Base):
         return {"old": current.value, "new": requested.value}
 
     def _replan_sla(self, *, was_on_clock: bool, now: datetime, policy: TimePolicy) -> None:
-        """Arm or disarm the first-response deadline after a change.
+        """Arm, re-plan or disarm the first-response deadline after a change, then the other
+        clocks (``_settle_clocks``, ``_plan_clocks``).
 
-        A ticket that comes onto the clock (created urgent, upgraded, reopened while urgent and
-        unanswered) gets a fresh deadline from ``now``. One that leaves it by being downgraded,
-        resolved or closed loses its deadline; one that leaves it because an agent answered
-        keeps the deadline for display (the sweep ignores it: ``first_admin_reply_at`` is set).
+        A ticket that comes onto the clock (created with a priority that has a first-response
+        target, upgraded to one, reopened unanswered) gets a fresh deadline from ``now``. One
+        that stays on it under another target (a priority change) is re-planned: the time
+        already waited counts against the new target. One that leaves it by being downgraded,
+        resolved or closed loses its deadline (its clock pauses while resolved); one that
+        leaves it because an agent answered keeps the deadline for display (the sweep ignores
+        it: ``first_admin_reply_at`` is set).
         """
-        on_clock = self.on_sla_clock
-        if on_clock and not was_on_clock:
-            self.sla_due_at = now + policy.sla_urgent
+        slas = policy.slas
+        target = slas.target(self.priority, Target.FIRST_RESPONSE)
+        wants = self.wants_first_response_clock(slas)
+        clock = self.clock(Target.FIRST_RESPONSE)
+        if wants and target is not None and not was_on_clock:
+            self.sla_due_at = slas.deadline(now, target)
             self.sla_breached_at = None
-        elif was_on_clock and not on_clock and self.first_admin_reply_at is None:
+            if clock is None:
+                self.clocks.append(
+                    SlaClock.start(self.id, Target.FIRST_RESPONSE, now, target, slas)
+                )
+            else:
+                clock.restart(now, target, slas)
+            # The clock shows the ticket's deadline itself: one computation, no drift.
+            self._first_response_clock_follows()
+        elif wants and target is not None and clock is not None and self.sla_breached_at is None:
+            clock.replan(now, target, slas)
+            if clock.state == ClockState.RUNNING:
+                self.sla_due_at = clock.due_at
+        elif was_on_clock and not wants and self.first_admin_reply_at is None:
             self.sla_due_at = None
+            if clock is not None and clock.state in OPEN_STATES:
+                if self.status == Status.RESOLVED:
+                    clock.pause(now)
+                else:
+                    self.clocks.remove(clock)  # downgraded or closed unanswered: no target now
+        self._settle_clocks(now)
+        self._plan_clocks(now, slas)
+
+    def _first_response_clock_follows(self) -> None:
+        clock = self.clock(Target.FIRST_RESPONSE)
+        if clock is not None and self.sla_due_at is not None:
+            clock.due_at = self.sla_due_at
+
+    def _settle_clocks(self, now: datetime) -> None:
+        """Status-driven: a resolved ticket waits on its user, so its running clocks pause; a
+        closed one is done: the resolution clock is met (when it was resolved, if it was), the
+        response clocks still open have nothing left to measure and go."""
+        if self.status == Status.RESOLVED:
+            for clock in self.clocks:
+                clock.pause(now)
+        elif self.status == Status.CLOSED:
+            for clock in list(self.clocks):
+                if clock.state not in OPEN_STATES:
+                    continue
+                if clock.target == Target.RESOLUTION:
+                    clock.meet(clock.paused_at or now)
+                else:
+                    self.clocks.remove(clock)
+
+    def _plan_clocks(self, now: datetime, slas: SlaPolicy) -> None:
+        """The next-response and resolution clocks of an active ticket under the current
+        priority's targets: started, resumed after a pause, re-planned or removed."""
+        if self.status not in SLA_ACTIVE_STATUSES:
+            return
+        for target in (Target.NEXT_RESPONSE, Target.RESOLUTION):
+            allowed = slas.target(self.priority, target)
+            clock = self.clock(target)
+            if allowed is None:
+                if clock is not None and clock.state in OPEN_STATES:
+                    self.clocks.remove(clock)
+            elif clock is None:
+                # Only resolution starts on its own; a next-response clock waits for a reply.
+                if target is Target.RESOLUTION:
+                    self.clocks.append(SlaClock.start(self.id, target, now, allowed, slas))
+            elif clock.state == ClockState.PAUSED:
+                if target is Target.RESOLUTION:
+                    clock.resume(now, allowed, slas)  # resolved, then found not solved
+                else:
+                    clock.restart(now, allowed, slas)  # the reply that reopened it waits now
+            else:
+                clock.replan(now, allowed, slas)
+
+    def _await_next_response(self, now: datetime, slas: SlaPolicy) -> None:
+        """A user reply on an answered, active ticket starts the next-response clock, unless
+        one already runs (the oldest unanswered reply sets the deadline). Before the first
+        answer the first-response clock covers every reply."""
+        allowed = slas.target(self.priority, Target.NEXT_RESPONSE)
+        if (
+            allowed is None
+            or self.status not in SLA_ACTIVE_STATUSES
+            or self.first_admin_reply_at is None
+        ):
+            return
+        clock = self.clock(Target.NEXT_RESPONSE)
+        if clock is None:
+            self.clocks.append(SlaClock.start(self.id, Target.NEXT_RESPONSE, now, allowed, slas))
+        elif clock.state != ClockState.RUNNING:
+            clock.restart(now, allowed, slas)
 
     def _new_message(self, author: Caller, body: str, now: datetime) -> Message:
         return Message(
@@ -317,7 +437,6 @@ SLA_BREACH_DUE = and_(
     _t.sla_due_at <= bindparam("now"),
     _t.sla_breached_at.is_(None),
     _t.first_admin_reply_at.is_(None),
-    _t.priority == Priority.URGENT.value,
     _t.status.in_(sorted(s.value for s in SLA_ACTIVE_STATUSES)),
 )
 SLA_BREACH_SET: dict[str, Any] = {"sla_breached_at": bindparam("now")}

@@ -66,7 +66,11 @@ def recipients_for(event: TicketEvent, ticket: Ticket, audience: Audience) -> li
     """
     payload = event.payload or {}
     found: list[Recipient] = []
-    if event.type in (EventType.TICKET_CREATED, EventType.TICKET_SLA_BREACHED):
+    if event.type in (
+        EventType.TICKET_CREATED,
+        EventType.TICKET_SLA_BREACHED,
+        EventType.TICKET_SLA_WARNING,
+    ):
         found = _team(audience)
     elif event.type == EventType.MESSAGE_CREATED:
         if payload.get("is_admin"):
@@ -105,7 +109,9 @@ class NoticeKind(StrEnum):
     CLOSED = "closed"
     AUTO_CLOSED = "auto_closed"
     ESCALATED = "escalated"  # priority raised to urgent
-    SLA_BREACHED = "sla_breached"
+    SLA_BREACHED = "sla_breached"  # first or next response missed
+    SLA_RESOLUTION_BREACHED = "sla_resolution_breached"
+    SLA_WARNING = "sla_warning"  # a share of an SLA target has elapsed (to the team)
     UPDATED = "updated"
     WEBHOOK_DISABLED = "webhook_disabled"  # an endpoint failed for too long (to the team)
 
@@ -134,7 +140,7 @@ class Notice:
     category: Category | None
     requester: str  # user id
     assignee: str | None
-    sla_due_at: datetime | None  # set for an SLA breach only
+    sla_due_at: datetime | None  # set for an SLA breach or warning only
     reply: Reply | None
     # The event itself, for channels that pass it on whole (webhooks).
     event_type: str = ""
@@ -148,7 +154,11 @@ def _kind_of(event: TicketEvent) -> NoticeKind:
     if event.type == EventType.TICKET_CREATED:
         return NoticeKind.NEW_TICKET
     if event.type == EventType.TICKET_SLA_BREACHED:
+        if payload.get("target") == "resolution":
+            return NoticeKind.SLA_RESOLUTION_BREACHED
         return NoticeKind.SLA_BREACHED
+    if event.type == EventType.TICKET_SLA_WARNING:
+        return NoticeKind.SLA_WARNING
     if event.type == EventType.WEBHOOK_DISABLED:
         return NoticeKind.WEBHOOK_DISABLED
     if event.type == EventType.MESSAGE_CREATED:
@@ -184,7 +194,7 @@ def notice_for(
         category=Category(ticket.category) if ticket.category else None,
         requester=ticket.user_id,
         assignee=ticket.assignee_id,
-        sla_due_at=ticket.sla_due_at if kind is NoticeKind.SLA_BREACHED else None,
+        sla_due_at=_sla_due_at(event, ticket) if kind in _SLA_KINDS else None,
         reply=(
             Reply(by_support=message.is_admin, written_at=message.created_at, body=message.body)
             if message is not None
@@ -197,9 +207,42 @@ def notice_for(
     )
 
 
+_SLA_KINDS = (
+    NoticeKind.SLA_BREACHED,
+    NoticeKind.SLA_RESOLUTION_BREACHED,
+    NoticeKind.SLA_WARNING,
+)
+_TARGET_NAMES = {
+    "first_response": "first response",
+    "next_response": "next response (to the user's latest reply)",
+    "resolution": "resolution",
+}
+
+
+def _sla_due_at(event: TicketEvent, ticket: Ticket) -> datetime | None:
+    """The deadline the event is about: its own (each clock has one), else the ticket's
+    first-response deadline (the historical breach event)."""
+    raw = (event.payload or {}).get("sla_due_at")
+    if isinstance(raw, str):
+        try:
+            return datetime.fromisoformat(raw)
+        except ValueError:
+            pass
+    return ticket.sla_due_at
+
+
 def explanation(event: TicketEvent) -> str | None:
-    """The words of a notice that is about the service rather than the ticket."""
+    """The words of a notice that is about the service rather than the ticket (or that says
+    which SLA target an SLA notice is about)."""
     payload = event.payload or {}
+    target = _TARGET_NAMES.get(str(payload.get("target")))
+    if event.type == EventType.TICKET_SLA_WARNING and target:
+        return (
+            f"SLA warning: the {target} target is due at {payload.get('sla_due_at')} and most "
+            "of its time has passed."
+        )
+    if event.type == EventType.TICKET_SLA_BREACHED and target:
+        return f"SLA breached: the {target} target was due at {payload.get('sla_due_at')}."
     if event.type == EventType.WEBHOOK_DISABLED:
         return (
             f"Webhook endpoint {payload.get('endpoint_id')} ({payload.get('url')}) was "

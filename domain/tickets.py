@@ -14,6 +14,7 @@ from typing import Any, Protocol, cast
 from sqlalchemy import Integer, Select, String, bindparam, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from domain import events
 from domain.db import Executor
@@ -21,7 +22,7 @@ from domain.errors import NotFound
 from domain.events import NewEvent
 from domain.ids import is_valid_id, utcnow
 from domain.lifecycle import Caller, CloseReason, Priority, Status, TicketChanges, Trigger
-from domain.models import Message, Staff, Ticket
+from domain.models import Message, SlaClock, Staff, Ticket
 from domain.policies import TimePolicy
 from domain.search import TICKET_COLUMNS, QueueFilter, queue_page
 from domain.ticket_sql import INSERT_CREATED, insert_created_params
@@ -300,10 +301,10 @@ class TicketService:
     # -- timers --------------------------------------------------------------------------------
 
     async def breach_if_due(self, session: AsyncSession, ticket_id: str) -> list[str]:
-        """A wake-up for one urgent ticket's deadline: breach it if it is due and still unmet
-        (the sweep does the same for many at once in SQL, domain/timers.py)."""
+        """A wake-up for one ticket's deadline: fire whatever of its SLA timers is due and
+        still unmet (the sweep does the same for many at once in SQL, domain/timers.py)."""
         ticket = await self._load(session, ticket_id, lock=True)
-        return await self._save(session, ticket.breach(now=self.clock()))
+        return await self._save(session, ticket.fire_timers(now=self.clock()))
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -321,10 +322,27 @@ class TicketService:
     async def _load(self, session: AsyncSession, ticket_id: str, *, lock: bool) -> Ticket:
         if not is_valid_id(ticket_id):
             raise NotFound()  # not a ULID: it cannot exist, and it never reaches the database
-        ticket = await session.get(Ticket, ticket_id, with_for_update=lock or None)
+        # FOR NO KEY UPDATE (writers still queue on it): a plain FOR UPDATE would also block the
+        # foreign-key checks of other transactions' inserts for this ticket (the SLA sweep's
+        # events) while this one waits for the sweep's clock rows: a deadlock.
+        ticket = await session.get(
+            Ticket, ticket_id, with_for_update={"key_share": True} if lock else None
+        )
         if ticket is None:
             raise NotFound()
+        await self._load_clocks(session, ticket, lock=lock)
         return ticket
+
+    @staticmethod
+    async def _load_clocks(session: AsyncSession, ticket: Ticket, *, lock: bool) -> None:
+        """Attach the ticket's SLA clocks. Under the ticket's lock for a write they are locked
+        too: the sweep locks clock rows (not tickets), so a write waits for a sweep that is
+        firing one of them and then sees what it fired."""
+        query = select(SlaClock).where(SlaClock.ticket_id == ticket.id).order_by(SlaClock.target)
+        if lock:
+            query = query.with_for_update().execution_options(populate_existing=True)
+        clocks = (await session.scalars(query)).all()
+        set_committed_value(ticket, "clocks", list(clocks))
 
     async def _load_versioned(
         self, session: AsyncSession, ticket_id: str, *, lock: bool
@@ -335,11 +353,12 @@ class TicketService:
             raise NotFound()
         query = select(Ticket, ROW_VERSION).where(Ticket.id == ticket_id)
         if lock:
-            query = query.with_for_update().execution_options(populate_existing=True)
+            query = query.with_for_update(key_share=True).execution_options(populate_existing=True)
         row = (await session.execute(query)).one_or_none()
         if row is None:
             raise NotFound()
         ticket, row_version = row
+        await self._load_clocks(session, ticket, lock=lock)
         return ticket, ticket_version(ticket.id, row_version, ticket.updated_at)
 
     async def _load_expected(

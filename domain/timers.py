@@ -1,6 +1,8 @@
-"""Timers kept in PostgreSQL: the first-response SLA of urgent tickets and auto-close of resolved
-ones. The sweeps apply the ticket's own rules (``Ticket.breach``, ``Ticket.auto_close``) in bulk,
-through their SQL twins defined next to them in domain/models.py. Firing is a conditional
+"""Timers kept in PostgreSQL: the SLA clocks (the first-response deadline on the ticket, and the
+warnings and other targets' clocks in ``sla_clocks``) and auto-close of resolved tickets. The
+sweeps apply the rules of the ticket and its clocks (``Ticket.breach``, ``SlaClock.warn``,
+``SlaClock.breach``, ``Ticket.auto_close``) in bulk, through their SQL twins defined next to
+them in domain/models.py and domain/sla_clocks.py. Firing is a conditional
 update, so a timer fires at most once, never after it was met or cancelled, and any number of
 duplicated messages or concurrent sweeps change nothing."""
 
@@ -9,7 +11,19 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Integer, Table, bindparam, select, update
+from sqlalchemy import (
+    Integer,
+    String,
+    Table,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from domain import events
@@ -23,6 +37,18 @@ from domain.models import (
     auto_closed_payload,
     breach_payload,
 )
+from domain.sla_clocks import (
+    CLOCK_BREACH_DUE,
+    CLOCK_BREACH_SET,
+    CLOCK_WARN_DUE,
+    CLOCK_WARN_SET,
+    OPEN_STATES,
+    ClockState,
+    SlaClock,
+    clock_breach_payload,
+    warning_payload,
+)
+from domain.sla_policy import Target
 
 # The due rows are picked in a CTE: PostgreSQL runs a locking CTE exactly once, whereas an
 # ``IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`` subquery may be re-run per row and, among
@@ -43,14 +69,68 @@ def _fire(due_rule: Any, order_by: Any, sets: dict[str, Any]) -> Any:
         .where(due_rule)
         .order_by(order_by, _t.id)
         .limit(bindparam("limit", type_=Integer))
-        .with_for_update(skip_locked=True)
+        # NO KEY UPDATE, not UPDATE: the key is not changed, and a plain FOR UPDATE would block
+        # the KEY SHARE lock that every foreign-key check on the ticket takes (the clock sweep
+        # inserting its events), which deadlocked the two sweeps.
+        .with_for_update(skip_locked=True, key_share=True)
         .cte("due")
     )
     return update(_tickets).where(_t.id == due.c.id, due_rule).values(**sets)
 
 
+_clocks = cast(Table, SlaClock.__table__)
+_c = _clocks.c
+
+# The first-response breach marks the ticket (its historical columns) only: the clock sweep
+# marks the ticket's first-response clock at the same deadline by itself. A statement that
+# locked tickets and then waited for clock rows deadlocked against the clock sweep; each sweep
+# now locks rows of one table only (SKIP LOCKED), and writers lock the ticket, then its clocks.
 _FIRE_SLA = _fire(SLA_BREACH_DUE, _t.sla_due_at, SLA_BREACH_SET).returning(_t.id, _t.sla_due_at)
 _CLOSE_DUE = _fire(AUTO_CLOSE_DUE, _t.resolved_at, AUTO_CLOSE_SET).returning(_t.id)
+
+
+# Warnings and breaches of clocks in ONE statement, so a sweep updates each clock row once: a
+# second update of a row this transaction already changed makes PostgreSQL re-check the foreign
+# key (a KEY SHARE lock on the ticket), which waits for writers holding the ticket and deadlocks
+# with them. The due rows are chosen (and locked, SKIP LOCKED) with what is due of each.
+_due_clocks = (
+    select(
+        _c.ticket_id,
+        _c.target,
+        CLOCK_WARN_DUE.label("warn"),
+        CLOCK_BREACH_DUE.label("breach"),
+    )
+    .where(or_(CLOCK_WARN_DUE, CLOCK_BREACH_DUE))
+    .order_by(_c.due_at, _c.ticket_id, _c.target)
+    .limit(bindparam("limit", type_=Integer))
+    .with_for_update(skip_locked=True)
+    .cte("due")
+)
+_when = _due_clocks.c
+_FIRE_CLOCKS = (
+    update(_clocks)
+    .where(
+        _c.ticket_id == _when.ticket_id,
+        _c.target == _when.target,
+        or_(CLOCK_WARN_DUE, CLOCK_BREACH_DUE),
+    )
+    .values(
+        {key: case((_when.warn, value), else_=_c[key]) for key, value in CLOCK_WARN_SET.items()}
+        | {
+            key: case((_when.breach, value), else_=_c[key])
+            for key, value in CLOCK_BREACH_SET.items()
+        }
+    )
+    .returning(
+        _c.ticket_id,
+        _c.target,
+        _c.generation,
+        _c.due_at,
+        _c.warn_at,
+        _when.warn,
+        _when.breach,
+    )
+)
 
 
 async def fire_sla_breaches(
@@ -69,6 +149,49 @@ async def fire_sla_breaches(
     )
 
 
+async def fire_sla_clocks(session: AsyncSession, now: datetime, *, limit: int = 1000) -> list[str]:
+    """Send the warnings that are due (a share of a target elapsed) and breach the clocks
+    whose deadline passed, each at most once per clock (rows locked with SKIP LOCKED,
+    conditional updates), with one event each, published after the caller commits; a
+    first-response clock is only marked (its event is the ticket's own, fire_sla_breaches).
+    Returns the events' ids (of at most ``limit`` clocks)."""
+    fired = (await session.execute(_FIRE_CLOCKS, {"now": now, "limit": limit})).all()
+    new_events: list[NewEvent] = []
+    # As SlaClock.warn then SlaClock.breach would, for each clock (both may be due at once).
+    for ticket_id, target, generation, due_at, warn_at, warned, breached in fired:
+        if warned:
+            payload = warning_payload(target, generation, due_at, warn_at, now)
+            new_events.append(NewEvent(ticket_id, EventType.TICKET_SLA_WARNING, payload, now))
+        if breached and target != Target.FIRST_RESPONSE:
+            payload = clock_breach_payload(target, generation, due_at, now)
+            new_events.append(NewEvent(ticket_id, EventType.TICKET_SLA_BREACHED, payload, now))
+    return await events.write(session, new_events)
+
+
+# What auto-close does to the closed tickets' clocks (``Ticket._settle_clocks``): resolution is
+# met when the ticket was resolved; response clocks still open have nothing left to measure.
+_OPEN_CLOCK_STATES = sorted(s.value for s in OPEN_STATES)
+_CLOSED_IDS = func.unnest(bindparam("ids", type_=ARRAY(String)))
+_MEET_RESOLUTION = (
+    update(_clocks)
+    .where(
+        _c.ticket_id.in_(select(_CLOSED_IDS)),
+        _c.target == Target.RESOLUTION.value,
+        _c.state.in_(_OPEN_CLOCK_STATES),
+    )
+    .values(
+        state=ClockState.MET.value,
+        met_at=func.coalesce(_c.paused_at, bindparam("now")),
+        paused_at=None,
+    )
+)
+_DROP_RESPONSE_CLOCKS = delete(_clocks).where(
+    _c.ticket_id.in_(select(_CLOSED_IDS)),
+    _c.target != Target.RESOLUTION.value,
+    _c.state.in_(_OPEN_CLOCK_STATES),
+)
+
+
 async def close_resolved_due(
     session: AsyncSession, now: datetime, *, after: timedelta, limit: int = 1000
 ) -> list[str]:
@@ -77,6 +200,9 @@ async def close_resolved_due(
     each, published after the caller commits. Returns the events' ids."""
     params = {"now": now, "cutoff": now - after, "limit": limit}
     closed = list((await session.execute(_CLOSE_DUE, params)).scalars())
+    if closed:
+        await session.execute(_MEET_RESOLUTION, {"ids": closed, "now": now})
+        await session.execute(_DROP_RESPONSE_CLOCKS, {"ids": closed})
     return await events.write(
         session,
         [

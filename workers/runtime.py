@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from domain.db import make_engine, make_sessionmaker
 from domain.delivery import DeliveryConfig
 from domain.ids import utcnow
-from domain.policies import TimePolicy
+from domain.policies import time_policy
 from domain.settings import Settings
 from domain.tickets import TicketService
 from workers.channels import configured_channels
@@ -29,10 +29,7 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
         engine = make_engine(settings, pool_size=max(2, settings.db_pool_size))
-        policy = TimePolicy(
-            sla_urgent=timedelta(seconds=settings.sla_urgent_seconds),
-            auto_close_after=timedelta(seconds=settings.auto_close_seconds),
-        )
+        policy = time_policy(settings)  # SLA_POLICY_FILE is validated here, at boot
         return cls(
             settings=settings,
             engine=engine,

@@ -1,4 +1,4 @@
-"""The sla pool: breaches urgent tickets whose first-response deadline passed unmet.
+"""The sla pool: fires SLA warnings and breaches (every target of the SLA policy) when due.
 
 Run: ``dramatiq workers.sla --queues sla sla_sweeps``. Firing is a conditional update, so a
 wake-up that arrives twice, or after the sweep, breaches nothing more.
@@ -10,12 +10,12 @@ import dramatiq
 
 from domain.errors import NotFound
 from domain.outbox import SLA_CHECK_ACTOR, SLA_QUEUE, SLA_SWEEP_QUEUE
-from domain.timers import fire_sla_breaches
+from domain.timers import fire_sla_breaches, fire_sla_clocks
 from workers.broker import broker  # noqa: F401  (the broker and its middleware, before any actor)
 from workers.publishing import commit_and_publish
 from workers.runtime import runtime
 
-SWEEP_BATCH = 1000  # tickets breached per transaction
+SWEEP_BATCH = 1000  # tickets breached (and clocks fired, of each kind) per transaction
 
 
 @dramatiq.actor(
@@ -27,7 +27,7 @@ SWEEP_BATCH = 1000  # tickets breached per transaction
     time_limit=30_000,
 )
 async def check_sla_deadline(ticket_id: str) -> None:
-    """Wake-up for one urgent ticket's deadline: breach it if it is due and still unmet."""
+    """Wake-up for one ticket's deadline: fire its SLA timers that are due and still unmet."""
     rt = runtime()
     async with rt.sessionmaker() as session:
         try:
@@ -44,11 +44,15 @@ async def check_sla_deadline(ticket_id: str) -> None:
     max_age=5_000,  # the scheduler sends one every fraction of a second; old ones are moot
 )
 async def sweep_sla_deadlines() -> None:
-    """Backstop: breach every urgent ticket whose deadline passed unmet (lost wake-ups too)."""
+    """Backstop and the only path for most warnings and clock breaches: fire every SLA timer
+    whose moment passed (first-response breaches, then the clocks' warnings and breaches)."""
     rt = runtime()
     while True:
         async with rt.sessionmaker() as session:
-            fired = await fire_sla_breaches(session, rt.clock(), limit=SWEEP_BATCH)
+            now = rt.clock()
+            breached = await fire_sla_breaches(session, now, limit=SWEEP_BATCH)
+            clocks = await fire_sla_clocks(session, now, limit=SWEEP_BATCH)
             await commit_and_publish(session)
-        if len(fired) < SWEEP_BATCH:
+        # A full batch of either kind may have left more behind.
+        if len(breached) < SWEEP_BATCH and len(clocks) < SWEEP_BATCH:
             break

@@ -13,6 +13,8 @@ HEADLINES: dict[NoticeKind, str] = {
     NoticeKind.AUTO_CLOSED: "Ticket closed automatically",
     NoticeKind.ESCALATED: "Ticket escalated to urgent",
     NoticeKind.SLA_BREACHED: "SLA breached: no admin response in time",
+    NoticeKind.SLA_RESOLUTION_BREACHED: "SLA breached: not resolved in time",
+    NoticeKind.SLA_WARNING: "SLA warning: a deadline is near",
     NoticeKind.UPDATED: "Ticket updated",
     NoticeKind.WEBHOOK_DISABLED: "Webhook endpoint disabled",
 }
