@@ -88,10 +88,15 @@ _deliveries = cast(Table, Delivery.__table__)
 _events = cast(Table, TicketEvent.__table__)
 
 # The enabled webhook endpoints that want the event's type (an empty table costs nothing;
-# `@>` can use the endpoints' GIN index when there are many).
+# `@>` can use the endpoints' GIN index when there are many). Only endpoints registered before
+# the event: an event planned again later (re-published) is no news to a newer endpoint.
 _WANTED_BY_WEBHOOKS = (
     select(func.array_agg(WebhookEndpoint.id))
-    .where(WebhookEndpoint.enabled, WebhookEndpoint.event_types.contains(array([TicketEvent.type])))
+    .where(
+        WebhookEndpoint.enabled,
+        WebhookEndpoint.event_types.contains(array([TicketEvent.type])),
+        WebhookEndpoint.created_at <= TicketEvent.created_at,
+    )
     .scalar_subquery()
 )
 _LOAD_EVENT = (

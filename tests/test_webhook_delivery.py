@@ -33,6 +33,7 @@ from domain.notifications import WEBHOOK
 from domain.settings import Settings, load_settings
 from domain.webhooks import create_endpoint
 from tests.conftest import QUEUES, TEAM, TokenFactory, auth, create_ticket
+from tests.notices import sample_notice
 from tests.processes import ServiceProcess, dramatiq_workers, scheduler
 from tests.sinks import HttpSink, SmtpSink, eventually
 from tests.webhook_sink import Answer, WebhookSink
@@ -175,6 +176,42 @@ async def test_a_webhook_row_is_retried_for_a_day_whatever_the_attempts(
     await sender.close()
 
 
+async def test_a_failing_receiver_rests_and_one_request_probes_it(
+    sessions: Any,
+    settings: Settings,
+    receiver: WebhookSink,
+) -> None:
+    async with sessions() as session:
+        endpoint = await create_endpoint(
+            session, url=receiver.url(), event_types=["ticket.created"], enabled=True, now=utcnow()
+        )
+        await session.commit()
+    notice = sample_notice(channel=WEBHOOK, recipient=endpoint.id, event_type="ticket.created")
+    channel = WebhookChannel(
+        replace(settings, webhook_allow_private=True, webhook_timeout_s=TIMEOUT_S)
+    )
+    receiver.respond_always(Answer(delay_s=3))  # hangs past the timeout
+    with pytest.raises(TransientDeliveryError, match="did not answer"):
+        await channel.send(notice)
+    # Put off at once, without a request: a hanging receiver holds no worker for long.
+    started = time.monotonic()
+    with pytest.raises(TransientDeliveryError, match="rests") as resting:
+        await channel.send(notice)
+    assert time.monotonic() - started < 0.5
+    assert resting.value.retry_after_s is not None and 0 < resting.value.retry_after_s <= 1
+    # Concurrent deliveries after the rest: one probes, the others wait for it.
+    await asyncio.sleep(1.05)
+    receiver.respond_always(Answer(delay_s=0.3))
+    results = await asyncio.gather(
+        *(channel.send(notice) for _ in range(3)), return_exceptions=True
+    )
+    assert sum(r is None for r in results) == 1
+    assert all("probing" in str(r) for r in results if r is not None)
+    await channel.send(notice)  # healthy again: no more waiting
+    assert len(receiver.attempts()) == 3  # the hang, the probe, the last one
+    await channel.close()
+
+
 # -- the pipeline: real workers, the API, the receiver ----------------------------------------
 
 
@@ -299,8 +336,9 @@ async def test_503_and_429_are_retried_honouring_retry_after_and_delivered_once(
     assert first.headers["webhook-id"] == delivered.headers["webhook-id"]  # stable: dedupable
     assert await eventually(lambda: ledger(db)[0][3] == "sent", within_s=5)
     ((_, _, recipient, status, attempts, last_error),) = ledger(db)
-    assert (recipient, status, attempts) == (endpoint["id"], "sent", 3)
-    assert "429" in last_error
+    # Attempts put off while the receiver rested count too (see the breaker test).
+    assert (recipient, status) == (endpoint["id"], "sent") and attempts >= 3
+    assert "429" in last_error or "rests" in last_error
     await asyncio.sleep(1)
     assert len(receiver.attempts()) == 3
 
@@ -373,7 +411,9 @@ async def test_a_hanging_receiver_holds_no_email_up(
     assert await eventually(lambda: len(receiver.delivered()) == 1, within_s=30)
     assert await eventually(lambda: ledger(db)[0][3] == "sent", within_s=5)
     ((_, _, _, status, attempts, last_error),) = ledger(db)
-    assert (status, attempts) == ("sent", 3) and "did not answer" in last_error
+    assert status == "sent" and attempts >= 3
+    assert "did not answer" in last_error or "rests" in last_error
+    assert len(receiver.attempts()) == 3
     assert len(smtp_sink.received) == len(TEAM)  # the email rows were not sent again
 
 

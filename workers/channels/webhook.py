@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -43,6 +44,26 @@ MAX_RESPONSE_BYTES = 64 * 1024
 # A Retry-After beyond this is taken as this: the ledger's retries last a day in all.
 MAX_RETRY_AFTER_S = 3600.0
 USER_AGENT = "helpdesk-webhooks/1"
+# After consecutive failures an endpoint rests 1, 2, 4 ... up to this many seconds (or what its
+# Retry-After asks) before the next request; see _Breaker.
+MAX_REST_S = 60.0
+
+
+@dataclass
+class _Breaker:
+    """One endpoint's recent failures, in this worker process.
+
+    A receiver that hangs would otherwise hold a notifications thread for the whole timeout on
+    every delivery and every retry, and so hold up the email and Slack rows queued behind them.
+    After a failure the endpoint rests: its deliveries are put off without a request (retried
+    when the rest is over); then one request probes it while the others keep waiting, and a
+    success lets everything through again. All of a process's sends run on its one event loop,
+    so no lock is needed.
+    """
+
+    failures: int = 0
+    resting_until: float = 0.0  # time.monotonic()
+    probing: bool = False
 
 
 def webhook_payload(notice: Notice) -> dict[str, Any]:
@@ -111,6 +132,7 @@ class WebhookChannel:
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._client: httpx.AsyncClient | None = None
+        self._breakers: dict[str, _Breaker] = {}
 
     def _db(self) -> async_sessionmaker[AsyncSession]:
         # Made on first use, inside the worker's event loop, like the HTTP client.
@@ -136,6 +158,7 @@ class WebhookChannel:
         if not endpoint.enabled:
             why = endpoint.disabled_reason or "by an admin"
             raise PermanentDeliveryError(f"the webhook endpoint is disabled ({why})")
+        breaker = self._admit(endpoint.id)
         now = self.clock()
         body = json.dumps(webhook_payload(notice), separators=(",", ":")).encode()
         # webhook-id is the event's id, the same on every retry, so receivers can drop copies.
@@ -145,6 +168,10 @@ class WebhookChannel:
         try:
             await self.post(endpoint.url, body, headers)
         except (TransientDeliveryError, PermanentDeliveryError) as exc:
+            if isinstance(exc, TransientDeliveryError):  # the endpoint's trouble, not the row's
+                self._rest(endpoint.id, breaker, exc.retry_after_s)
+            elif breaker is not None:
+                breaker.probing = False
             async with self._db()() as session:
                 await record_failure(
                     session,
@@ -156,10 +183,43 @@ class WebhookChannel:
                 )
                 await session.commit()
             raise
+        except BaseException:
+            if breaker is not None:
+                breaker.probing = False
+            raise
+        self._breakers.pop(endpoint.id, None)
         if endpoint.failing_since is not None:
             async with self._db()() as session:
                 await record_success(session, endpoint.id, self.clock())
                 await session.commit()
+
+    def _admit(self, endpoint_id: str) -> _Breaker | None:
+        """Let a request to the endpoint go, or put the delivery off while it rests or while
+        another request probes it. Returns the breaker of a probe (None: the endpoint is fine)."""
+        breaker = self._breakers.get(endpoint_id)
+        if breaker is None:
+            return None
+        wait = breaker.resting_until - time.monotonic()
+        if wait > 0:
+            raise TransientDeliveryError(
+                f"not sent: the receiver failed {breaker.failures} time(s) in a row and rests "
+                f"{wait:.1f} s more",
+                retry_after_s=wait,
+            )
+        if breaker.probing:
+            raise TransientDeliveryError(
+                "not sent: another request is probing the failing receiver",
+                retry_after_s=self.timeout_s,
+            )
+        breaker.probing = True
+        return breaker
+
+    def _rest(self, endpoint_id: str, breaker: _Breaker | None, retry_after: float | None) -> None:
+        breaker = breaker or self._breakers.setdefault(endpoint_id, _Breaker())
+        breaker.failures += 1
+        breaker.probing = False
+        rest = min(2.0 ** (breaker.failures - 1), MAX_REST_S)
+        breaker.resting_until = time.monotonic() + max(rest, retry_after or 0.0)
 
     async def close(self) -> None:
         if self._client is not None:
