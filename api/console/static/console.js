@@ -142,7 +142,12 @@ async function start() {
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden && state.token) poll();
   });
-  window.addEventListener("hashchange", route);
+  window.addEventListener("hashchange", () => {
+    // The host app's link followed again in this tab: a new token replaces the old one.
+    const token = takeTokenFromFragment();
+    if (token) signIn(token);
+    else route();
+  });
   setInterval(tickClocks, 1000);
   loadConfig();
 
