@@ -9,7 +9,9 @@ from msgspec import Meta
 
 from domain.ids import isoformat_z
 from domain.lifecycle import Category, Priority, Status
-from domain.models import Message, Ticket
+from domain.models import Message, SlaClock, Ticket
+from domain.sla_clocks import ClockState
+from domain.sla_policy import Target
 from domain.tickets import Page, TicketRow
 
 SUBJECT_MAX = 200
@@ -94,8 +96,25 @@ class AdminTicketSummary(TicketSummary):
     sla_breached_at: str | None
 
 
+class SlaClockOut(msgspec.Struct):
+    """One SLA target's clock: ``running`` towards ``due_at``, ``paused`` (the ticket is
+    resolved: waiting on the user), ``met`` or ``breached``."""
+
+    target: Target
+    state: ClockState
+    started_at: str
+    due_at: str
+    warn_at: str | None
+    warned_at: str | None
+    met_at: str | None
+    breached_at: str | None
+    paused_at: str | None
+
+
 class AdminTicketOut(AdminTicketSummary):
     messages: list[MessageOut]
+    # Each SLA target's clock (SLA_POLICY_FILE; by default only urgent first response).
+    sla: list[SlaClockOut] = []
 
 
 class Pagination(msgspec.Struct):
@@ -181,11 +200,32 @@ def ticket_out(ticket: Ticket, messages: list[Message] | Any) -> TicketOut:
     return TicketOut(**_summary_fields(ticket), messages=[message_out(m) for m in messages])
 
 
+def _moment(value: Any) -> str | None:
+    return isoformat_z(value) if value is not None else None
+
+
+def sla_clock_out(clock: SlaClock) -> SlaClockOut:
+    return SlaClockOut(
+        target=Target(clock.target),
+        state=ClockState(clock.state),
+        started_at=isoformat_z(clock.started_at),
+        due_at=isoformat_z(clock.due_at),
+        warn_at=_moment(clock.warn_at),
+        warned_at=_moment(clock.warned_at),
+        met_at=_moment(clock.met_at),
+        breached_at=_moment(clock.breached_at),
+        paused_at=_moment(clock.paused_at),
+    )
+
+
 def admin_ticket_out(ticket: Ticket, messages: list[Message] | Any) -> AdminTicketOut:
+    order = list(Target)
+    clocks = sorted(ticket.clocks, key=lambda c: order.index(Target(c.target)))
     return AdminTicketOut(
         **_summary_fields(ticket),
         **_admin_fields(ticket),
         messages=[message_out(m) for m in messages],
+        sla=[sla_clock_out(c) for c in clocks],
     )
 
 

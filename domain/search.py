@@ -22,6 +22,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    exists,
     func,
     literal_column,
     nulls_last,
@@ -31,7 +32,9 @@ from sqlalchemy import (
 )
 
 from domain.lifecycle import Category, Priority, Status
-from domain.models import Message, Ticket
+from domain.models import Message, SlaClock, Ticket
+from domain.sla_clocks import ClockState
+from domain.sla_policy import Target
 
 TEXT_SEARCH_CONFIG = "pg_catalog.english"
 QUERY_MAX = 200  # characters of ``q``
@@ -75,6 +78,9 @@ class QueueFilter:
     updated_after: datetime | None = None
     updated_before: datetime | None = None
     sla_due_before: datetime | None = None
+    # Tickets with an SLA clock in this state and/or for this target (both: the same clock).
+    sla_state: ClockState | None = None
+    sla_target: Target | None = None
     text: str | None = None
     sort: SortKey | None = None  # default: relevance with ``text``, else created
     order: SortOrder | None = None  # default: the key's own (DEFAULT_ORDER)
@@ -94,6 +100,7 @@ _tickets = cast(Table, Ticket.__table__)
 _messages = cast(Table, Message.__table__)
 _t = _tickets.c
 _m = _messages.c
+_sc = cast(Table, SlaClock.__table__).c
 # Every ticket column a page shows (the search document stays in the database).
 TICKET_COLUMNS = tuple(c for c in _tickets.columns if c.name != "search_vector")
 _CONFIG: ColumnElement[Any] = literal_column(f"'{TEXT_SEARCH_CONFIG}'::regconfig")
@@ -117,16 +124,27 @@ def conditions(f: QueueFilter) -> list[ColumnElement[bool]]:
         where.append(_t.assignee_id == f.assignee)
     if f.category is not None:
         where.append(_t.category == f.category.value)
+    by_clock = f.sla_state is not None or f.sla_target is not None
     bounds = (
         (_t.created_at, f.created_after, f.created_before),
         (_t.updated_at, f.updated_after, f.updated_before),
-        (_t.sla_due_at, None, f.sla_due_before),
+        # With a clock filter, "due before" is that clock's deadline; else the first response's.
+        (_t.sla_due_at, None, None if by_clock else f.sla_due_before),
     )
     for column, after, before in bounds:
         if after is not None:
             where.append(column > after)
         if before is not None:
             where.append(column < before)
+    if by_clock:
+        clock = [_sc.ticket_id == _t.id]
+        if f.sla_state is not None:
+            clock.append(_sc.state == f.sla_state.value)
+        if f.sla_target is not None:
+            clock.append(_sc.target == f.sla_target.value)
+        if f.sla_due_before is not None:
+            clock.append(_sc.due_at < f.sla_due_before)
+        where.append(exists().where(*clock))
     return where
 
 

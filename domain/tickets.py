@@ -97,6 +97,16 @@ class Page:
         return math.ceil(self.total / self.per_page) if self.total else 0
 
 
+def _version_of(ticket: Ticket, row_version: str) -> str:
+    """The ticket's version, its SLA clocks included: the sweep changes a clock (a warning, a
+    breach) without writing the ticket's row, and the admin view shows the clocks."""
+    clocks = ";".join(
+        f"{c.target}/{c.generation}/{c.state}/{c.warned_at is not None}/{c.due_at.timestamp()}"
+        for c in ticket.clocks
+    )
+    return ticket_version(ticket.id, f"{row_version}|{clocks}", ticket.updated_at)
+
+
 async def remember_staff_email(session: AsyncSession, caller: Caller, now: datetime) -> None:
     """Keep the admin's email (from their token) so they can be told about tickets they own."""
     if not (caller.is_admin and caller.email):
@@ -359,7 +369,7 @@ class TicketService:
             raise NotFound()
         ticket, row_version = row
         await self._load_clocks(session, ticket, lock=lock)
-        return ticket, ticket_version(ticket.id, row_version, ticket.updated_at)
+        return ticket, _version_of(ticket, row_version)
 
     async def _load_expected(
         self, session: AsyncSession, ticket_id: str, expected: VersionCondition | None
@@ -379,7 +389,7 @@ class TicketService:
         """The version of the ticket's row as this transaction left it (after a flush)."""
         query = select(ROW_VERSION).where(Ticket.id == ticket.id)
         row_version = (await session.execute(query)).scalar_one()
-        return ticket_version(ticket.id, row_version, ticket.updated_at)
+        return _version_of(ticket, row_version)
 
     async def _owned(
         self, session: AsyncSession, ticket_id: str, caller: Caller, *, lock: bool

@@ -13,6 +13,8 @@ from api.deps import CallerDep
 from api.schemas import USER_ID_MAX
 from domain.lifecycle import Caller, Category, Priority, Status
 from domain.search import QUERY_MAX, QueueFilter, SortKey, SortOrder
+from domain.sla_clocks import ClockState
+from domain.sla_policy import Target
 from domain.tickets import MAX_PER_PAGE
 
 MAX_PAGE = 1_000_000
@@ -90,7 +92,11 @@ UpdatedAfter = Annotated[datetime | None, _moment("Last changed strictly after t
 UpdatedBefore = Annotated[datetime | None, _moment("Last changed strictly before this moment.")]
 SlaDueBefore = Annotated[
     datetime | None,
-    _moment("First-response deadline strictly before this moment (tickets that have one)."),
+    _moment(
+        "First-response deadline strictly before this moment (tickets that have one); with "
+        "`sla_state` or `sla_target`, the deadline of that clock (e.g. `sla_state=running` for "
+        "any target due soon)."
+    ),
 ]
 
 
@@ -132,6 +138,20 @@ def provide_queue_filter(
     updated_after: UpdatedAfter = None,
     updated_before: UpdatedBefore = None,
     sla_due_before: SlaDueBefore = None,
+    sla_state: Annotated[
+        ClockState | None,
+        QueryParameter(
+            description="Tickets with an SLA clock in this state: `running`, `paused` (resolved, "
+            "waiting on the user), `met` or `breached`; with `sla_target`, that target's clock."
+        ),
+    ] = None,
+    sla_target: Annotated[
+        Target | None,
+        QueryParameter(
+            description="Tickets with a clock for this SLA target: `first_response`, "
+            "`next_response` or `resolution`."
+        ),
+    ] = None,
     q: SearchQuery = None,
     sort: SortQuery = None,
     order: OrderQuery = None,
@@ -149,6 +169,8 @@ def provide_queue_filter(
         updated_after=_utc(updated_after),
         updated_before=_utc(updated_before),
         sla_due_before=_utc(sla_due_before),
+        sla_state=sla_state,
+        sla_target=sla_target,
         text=_search_text(q),
         sort=sort,
         order=order,
