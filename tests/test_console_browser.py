@@ -273,6 +273,7 @@ def test_an_agent_works_a_ticket_the_user_sees_it(
     assert page.evaluate(f"sessionStorage.getItem('{TOKEN_KEY}')") == agent_token
     assert context.cookies() == []
     expect(page.locator("#who-name")).to_have_text("Signed in as agent-1")
+    expect(page.locator("#queue-title")).to_be_focused()
 
     # A user's new ticket appears in the open console without a reload, within 5 s.
     ticket_id = api.create("alice", "Payout missing", "My payout from Monday is not there.")
@@ -415,10 +416,12 @@ def test_an_urgent_ticket_past_its_sla_stands_out_as_breached(
     page.get_by_role("button", name="Back to the queue").click()
     expect(page.locator("#queue")).to_be_visible()
     page.evaluate("window.scrollTo(0, 0)")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375  # no sideways scrolling
     page.screenshot(path=SCREENSHOTS / "console-queue-narrow.png")
     row(page, "Payout missing").get_by_role("link").click()
     expect(page.locator("#queue")).to_be_hidden()  # one column: the ticket replaces the queue
     expect(page.locator("li.msg-agent")).to_have_count(1)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
     page.screenshot(path=SCREENSHOTS / "console-ticket-narrow.png", full_page=True)
     assert context.dialogs == []
 

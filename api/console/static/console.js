@@ -221,6 +221,8 @@ async function signIn(token) {
   say("");
   await refreshQueue();
   await route();
+  // The sign-in form is gone: keyboard and screen reader users continue at the queue.
+  if (!state.ticketId) $("queue-title").focus({ preventScroll: true });
   schedulePoll();
 }
 
