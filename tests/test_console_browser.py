@@ -69,7 +69,9 @@ async def test_console_files_come_with_a_csp_that_forbids_inline_script(
     assert css.headers["content-type"].startswith("text/css")
     js = await client.get("/console/assets/console.js")
     assert js.headers["content-type"].startswith("text/javascript")
-    assert (await client.get("/console/assets/nothing.js")).status_code == 404
+    missing = await client.get("/console/assets/nothing.js")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"  # the API's error shape
     assert (await client.get("/console/assets/..%2Fconsole%2F__init__.py")).status_code == 404
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import jwt
 from litestar import Request, Response, Router, get, post
+from litestar.exceptions import NotFoundException
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath
 from litestar.status_codes import HTTP_200_OK, HTTP_304_NOT_MODIFIED
@@ -90,11 +91,6 @@ def _serve(file: StaticFile, request: Request[Any, Any, Any]) -> Response[bytes]
     return Response(file.body, media_type=file.media_type, headers=headers)
 
 
-def _not_found() -> Response[bytes]:
-    headers = {**SECURITY_HEADERS, "Cache-Control": CACHE_CONTROL}
-    return Response(b"not found\n", status_code=404, media_type="text/plain", headers=headers)
-
-
 def dev_sign_in_enabled(settings: Settings) -> bool:
     """The development agent's button works only where the API trusts the development key."""
     return settings.is_development and not (settings.jwt_public_key or settings.jwt_jwks_url)
@@ -131,7 +127,10 @@ def console_router(settings: Settings) -> Router:
     @get("/assets/{name:str}", include_in_schema=False, sync_to_thread=False)
     def asset(name: FromPath[str], request: Request[Any, Any, Any]) -> Response[bytes]:
         file = files.get(name)
-        return _serve(file, request) if file and name != "index.html" else _not_found()
+        if file is None or name == "index.html":
+            # The API's own 404 (its JSON error shape), as for any other unknown path.
+            raise NotFoundException(f"no console file {name!r}")
+        return _serve(file, request)
 
     @get("/config.json", include_in_schema=False, sync_to_thread=False)
     def console_config() -> Response[dict[str, bool]]:

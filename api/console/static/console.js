@@ -178,6 +178,7 @@ async function devSignIn() {
 }
 
 async function signIn(token) {
+  token = token.replace(/^bearer\s+/i, "").trim(); // pasted with its header's scheme
   if (!token) {
     showSignIn("Paste a token first.");
     return;
