@@ -1,7 +1,9 @@
 """The two ticket rules the timer sweeps apply in SQL (domain/models.py: ``SLA_BREACH_DUE``,
 ``AUTO_CLOSE_DUE`` and what they set) against their Python twins (``Ticket.breach``,
-``Ticket.auto_close``): every combination of the columns they read, fed to both, must end in the
-same rows and the same events. A change to one twin alone fails here."""
+``Ticket.auto_close``), and the SLA clocks' two (domain/sla_clocks.py: ``CLOCK_WARN_DUE``,
+``CLOCK_BREACH_DUE``) against ``SlaClock.warn`` and ``SlaClock.breach``: every combination of
+the columns they read, fed to both, must end in the same rows and the same events. A change to
+one twin alone fails here."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ from domain.ids import new_id
 from domain.lifecycle import Priority, Status
 from domain.models import Ticket
 from domain.policies import TimePolicy
-from domain.timers import close_resolved_due, fire_sla_breaches
+from domain.sla_clocks import ClockState, SlaClock
+from domain.sla_policy import Target
+from domain.timers import close_resolved_due, fire_sla_breaches, fire_sla_clocks
 
 NOW = datetime(2026, 3, 13, 16, 50, tzinfo=UTC)
 POLICY = TimePolicy(sla_urgent=timedelta(minutes=5), auto_close_after=timedelta(days=7))
@@ -110,3 +114,103 @@ async def test_sweeps_in_sql_do_what_the_ticket_methods_do(
     fired_types = {event_type for _, event_type in python_events}
     assert fired_types == {"ticket.sla_breached", "ticket.closed"}
     assert len(python_events) < len(cases)
+
+
+# -- SLA clocks: the sweep's statement against SlaClock.warn and SlaClock.breach -----------------
+
+CLOCK_COLUMNS = ["state", "warned_at", "breached_at", "due_at", "warn_at"]
+
+
+def every_clock_case() -> list[tuple[Ticket, SlaClock]]:
+    """Each column the clock rules read, on both sides of its boundary (and equal), one ticket
+    per clock (the ticket itself has no deadline: only the clock rules can fire)."""
+    cases = []
+    for state, target, warn_at, warned, due, breached in itertools.product(
+        ClockState,
+        Target,
+        (None, NOW - SECOND, NOW, NOW + SECOND),
+        (None, NOW - timedelta(minutes=1)),
+        (NOW - SECOND, NOW, NOW + SECOND),
+        (None, NOW - timedelta(minutes=1)),
+    ):
+        created = NOW - timedelta(days=1)
+        ticket = Ticket(
+            id=new_id(),
+            user_id="user-1",
+            requester_email=None,
+            subject="A clock",
+            status="open",
+            priority="low",
+            category=None,
+            assignee_id=None,
+            created_at=created,
+            updated_at=created,
+            resolved_at=None,
+            closed_at=None,
+            first_admin_reply_at=None,
+            sla_due_at=None,
+            sla_breached_at=None,
+        )
+        clock = SlaClock(
+            ticket_id=ticket.id,
+            target=target.value,
+            state=state.value,
+            generation=3,
+            started_at=NOW - timedelta(hours=1),
+            allowed_s=3600.0,
+            due_at=due,
+            warn_at=warn_at,
+            warned_at=warned,
+            breached_at=breached,
+            met_at=None,
+            paused_at=None,
+        )
+        cases.append((ticket, clock))
+    return cases
+
+
+async def test_the_clock_sweep_in_sql_does_what_the_clock_methods_do(
+    sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
+) -> None:
+    cases = every_clock_case()
+    tickets, clocks = cast(Table, Ticket.__table__), cast(Table, SlaClock.__table__)
+    async with sessions() as session:
+        await session.execute(
+            insert(tickets),
+            [{c.name: getattr(t, c.key) for c in tickets.columns} for t, _ in cases],
+        )
+        await session.execute(
+            insert(clocks),
+            [{c.name: getattr(k, c.key) for c in clocks.columns} for _, k in cases],
+        )
+        await session.commit()
+
+    async with sessions() as session:
+        await fire_sla_clocks(session, NOW, limit=len(cases))
+        await session.commit()
+    db.row_factory = psycopg.rows.dict_row  # type: ignore[assignment]
+    sql_rows = {
+        r.pop("ticket_id"): r
+        for r in db.execute(f"SELECT ticket_id, {', '.join(CLOCK_COLUMNS)} FROM sla_clocks")
+    }
+    sql_events = {
+        (r["ticket_id"], r["type"]): r["payload"]
+        for r in db.execute("SELECT ticket_id, type, payload FROM ticket_events")
+    }
+
+    python_events = {}
+    for _, clock in cases:
+        for event in clock.warn(NOW) + clock.breach(NOW):
+            python_events[(clock.ticket_id, event.type.value)] = event.payload
+
+    assert sql_events == python_events
+    mismatched = [
+        k.ticket_id
+        for _, k in cases
+        if sql_rows[k.ticket_id] != {c: getattr(k, c) for c in CLOCK_COLUMNS}
+    ]
+    assert mismatched == []
+    fired_types = {event_type for _, event_type in python_events}
+    assert fired_types == {"ticket.sla_warning", "ticket.sla_breached"}
+    # A first-response clock is marked, never announced (the ticket's own breach event is).
+    assert any(k.target == "first_response" and k.state == "breached" for _, k in cases)
