@@ -16,7 +16,7 @@ import {
   parseTime,
   queueSla,
   span,
-  ticketSla,
+  ticketClocks,
   tokenClaims,
 } from "./format.js";
 
@@ -599,11 +599,18 @@ function renderControls(ticket) {
   }
 }
 
+// One line per SLA clock, counting to the second. Redrawn every second, so it is not a live
+// region (that would read it out each second); breaches are in the queue's badge and here.
 function renderSlaClock(now) {
-  const sla = ticketSla(state.ticket, now);
-  const node = $("sla-clock");
-  node.textContent = sla.text;
-  node.className = `sla-clock sla-${sla.kind}`;
+  const lines = ticketClocks(state.ticket, now);
+  const list = $("sla-clock");
+  if (list.children.length !== lines.length) {
+    list.replaceChildren(...lines.map(() => el("li")));
+  }
+  lines.forEach((line, i) => {
+    list.children[i].textContent = line.text;
+    list.children[i].className = `sla-clock-line sla-${line.kind}`;
+  });
 }
 
 function messageItem(message) {

@@ -74,7 +74,40 @@ export function queueSla(ticket, now) {
   return { kind: "met", text: "met" };
 }
 
-// The ticket view's clock: exact, since the messages say when an agent first answered.
+const TARGET_LABELS = {
+  first_response: "First response",
+  next_response: "Next response",
+  resolution: "Resolution",
+};
+
+// The ticket view's clocks: one line per SLA target when the API gives the ticket's clocks
+// (`sla`: running towards due_at, paused, met or breached), else the first-response fields.
+// Each line is {kind, text}; kind as in queueSla.
+export function ticketClocks(ticket, now) {
+  if (!Array.isArray(ticket.sla) || ticket.sla.length === 0) return [ticketSla(ticket, now)];
+  return ticket.sla.map((c) => {
+    const label = TARGET_LABELS[c.target] || c.target;
+    const due = parseTime(c.due_at);
+    if (c.state === "breached") {
+      return { kind: "breached", text: `${label}: breached ${span(now - parseTime(c.breached_at))} ago.` };
+    }
+    if (c.state === "met") {
+      const early = due - parseTime(c.met_at);
+      return { kind: "met", text: `${label}: met, ${span(early)} before the deadline.` };
+    }
+    if (c.state === "paused") {
+      return { kind: "none", text: `${label}: paused while resolved (waiting on the requester).` };
+    }
+    if (due > now) {
+      const kind = due - now <= DUE_SOON_MS ? "soon" : "due";
+      return { kind, text: `${label}: due in ${clock(due - now)}.` };
+    }
+    return { kind: "breached", text: `${label}: overdue by ${clock(now - due)}.` };
+  });
+}
+
+// The first-response clock from the ticket's own fields: exact, since the messages say when an
+// agent first answered.
 export function ticketSla(ticket, now) {
   if (ticket.sla_breached) {
     const at = parseTime(ticket.sla_breached_at);
@@ -82,7 +115,7 @@ export function ticketSla(ticket, now) {
   }
   const due = parseTime(ticket.sla_due_at);
   if (Number.isNaN(due)) {
-    return { kind: "none", text: "No SLA clock (only urgent tickets awaiting an answer have one)." };
+    return { kind: "none", text: "No SLA clock runs on this ticket." };
   }
   const firstAnswer = (ticket.messages || []).find((m) => m.is_admin);
   if (firstAnswer) {
