@@ -62,6 +62,7 @@ from bench.common import (
     git_state,
     prepare_database,
     procfile_service,
+    query,
     rss_mb,
     scan_log,
     service_env,
@@ -358,25 +359,23 @@ HALF_WRITTEN = (
 
 
 def half_written(database_url: str) -> dict[str, int]:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT (SELECT count(*) FROM tickets t WHERE NOT EXISTS"
-            "  (SELECT 1 FROM messages m WHERE m.ticket_id = t.id)),"
-            " (SELECT count(*) FROM tickets t WHERE NOT EXISTS (SELECT 1 FROM ticket_events e"
-            "  WHERE e.ticket_id = t.id AND e.type = 'ticket.created')),"
-            " (SELECT count(*) FROM messages m WHERE NOT EXISTS"
-            "  (SELECT 1 FROM tickets t WHERE t.id = m.ticket_id)),"
-            " (SELECT count(*) FROM ticket_events e WHERE NOT EXISTS"
-            "  (SELECT 1 FROM tickets t WHERE t.id = e.ticket_id))"
-        ).fetchone() or (0, 0, 0, 0)
+    (row,) = query(
+        database_url,
+        "SELECT (SELECT count(*) FROM tickets t WHERE NOT EXISTS"
+        "  (SELECT 1 FROM messages m WHERE m.ticket_id = t.id)),"
+        " (SELECT count(*) FROM tickets t WHERE NOT EXISTS (SELECT 1 FROM ticket_events e"
+        "  WHERE e.ticket_id = t.id AND e.type = 'ticket.created')),"
+        " (SELECT count(*) FROM messages m WHERE NOT EXISTS"
+        "  (SELECT 1 FROM tickets t WHERE t.id = m.ticket_id)),"
+        " (SELECT count(*) FROM ticket_events e WHERE NOT EXISTS"
+        "  (SELECT 1 FROM tickets t WHERE t.id = e.ticket_id))",
+    )
     return dict(zip(HALF_WRITTEN, (int(v) for v in row), strict=True))
 
 
 def tickets_of(database_url: str, user_prefix: str) -> int:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        sql = "SELECT count(*) FROM tickets WHERE starts_with(user_id, %s)"
-        row = conn.execute(sql, (user_prefix,)).fetchone()
-    return int(row[0]) if row else 0
+    sql = "SELECT count(*) FROM tickets WHERE starts_with(user_id, %s)"
+    return int(query(database_url, sql, user_prefix)[0][0])
 
 
 # -- the bystander --------------------------------------------------------------------------------

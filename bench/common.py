@@ -103,6 +103,32 @@ def fmt(value: Any, digits: int = 1) -> str:
     return f"{value:,.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def run_options(
+    parser: argparse.ArgumentParser,
+    database_url: str,
+    quiet_below: float,
+    quiet_timeout: float,
+    label: str = "--label",
+) -> None:
+    """The options every measuring benchmark has: its database, how quiet the machine must be
+    before a measurement, and the results file's suffix."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    add = parser.add_argument
+    add("--database-url", default=database_url, help="emptied; its name must contain 'bench'")
+    add(
+        "--quiet-below", type=float, default=quiet_below, help="quiet: busy under this %% of a core"
+    )
+    add("--quiet-timeout", type=float, default=quiet_timeout, help="longest wait for quiet, s")
+    add(label, default="", help="added to the results file name")
+
+
+def env_pairs(parser: argparse.ArgumentParser, items: Iterable[str]) -> dict[str, str]:
+    """``NAME=VALUE`` options as a dict."""
+    if any("=" not in item for item in items):
+        parser.error("settings are NAME=VALUE")
+    return dict(item.split("=", 1) for item in items)
+
+
 def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(fmt(cell) for cell in row) + " |" for row in rows]
@@ -149,6 +175,12 @@ def memory_kb(pid: int) -> dict[str, int]:
             line[:5]: int(line.split()[1]) for line in lines if line.startswith(("VmRSS", "VmHWM"))
         }
     return {}
+
+
+def cpu_s(pid: int, tree: bool = False) -> float:
+    """CPU seconds of a process (``tree``: with every process below it)."""
+    table = proc_table()
+    return sum(table[p][2] for p in (descendants(pid, table) if tree else [pid]))
 
 
 def rss_mb(pids: Iterable[int]) -> float:
@@ -554,17 +586,37 @@ def flush_redis(redis_url: str) -> None:
     client.close()
 
 
-def dev_tokens(subs: Iterable[str], root: Path = ROOT, ttl: int = 7200) -> list[str]:
-    """Tokens as ``helpdesk token`` makes them, signed with the checkout's development key
-    (created on first use), which its services accept under APP_ENV=development."""
+def dev_tokens(
+    subs: Iterable[str], root: Path = ROOT, ttl: int = 7200, *, admin: bool = False
+) -> list[str]:
+    """Tokens as ``helpdesk token [--admin]`` makes them, signed with the checkout's development
+    key (created on first use), which its services accept under APP_ENV=development."""
     import jwt
 
     from domain.devkey import ensure_dev_keypair
 
     key, now = ensure_dev_keypair(root / ".devkeys")[0], int(time.time())
-    return [
-        jwt.encode({"sub": s, "iat": now, "exp": now + ttl}, key, algorithm="RS256") for s in subs
-    ]
+    role = {"role": "admin"} if admin else {}
+    claims = [{"sub": s, "iat": now, "exp": now + ttl, **role} for s in subs]
+    return [jwt.encode(c, key, algorithm="RS256") for c in claims]
+
+
+def connect(database_url: str, attempts: int = 60) -> psycopg.Connection[Any]:
+    """An autocommit connection, retried while the (shared) server has no slot free."""
+    for attempt in range(attempts):
+        try:
+            return psycopg.connect(database_url, autocommit=True)
+        except psycopg.OperationalError as exc:
+            if "too many clients" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def query(database_url: str, sql: str, *params: Any) -> list[Any]:
+    """Every row of one statement, on a connection of its own."""
+    with connect(database_url) as conn:
+        return conn.execute(sql, params or None).fetchall()
 
 
 # -- logs -----------------------------------------------------------------------------------------

@@ -24,49 +24,29 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-import jwt
 
 from bench.common import (
-    ROOT,
-    Service,
-    bin_dir,
-    descendants,
+    Stack,
+    cpu_s,
+    dev_tokens,
     flush_redis,
     free_port,
     percentile,
     prepare_database,
-    proc_table,
     service_env,
 )
-from domain.devkey import ensure_dev_keypair
 
 POLL_S = 3.0  # console.js: POLL_MS
 PER_PAGE = 25  # console.js: PER_PAGE
 ADMIN_URL = "/v1/admin/support/tickets"
 
 
-def admin_token(sub: str) -> str:
-    """An agent's token signed with the checkout's development key (the API runs in
-    development mode here), as ``helpdesk token --admin`` makes it."""
-    key = ensure_dev_keypair(ROOT / ".devkeys")[0]
-    now = int(time.time())
-    claims = {"sub": sub, "role": "admin", "iat": now, "exp": now + 7200}
-    return jwt.encode(claims, key, algorithm="RS256")
-
-
-def api_cpu_s(pid: int) -> float:
-    table = proc_table()
-    return sum(table[p][2] for p in descendants(pid, table))
-
-
 def seed(base_url: str, count: int) -> list[str]:
-    key = ensure_dev_keypair(ROOT / ".devkeys")[0]
-    now = int(time.time())
+    tokens = dev_tokens((f"bench-user-{i}" for i in range(50)), ttl=3600)
     ids = []
     with httpx.Client(base_url=base_url, timeout=30) as client:
         for i in range(count):
-            user = f"bench-user-{i % 50}"
-            token = jwt.encode({"sub": user, "iat": now, "exp": now + 3600}, key, "RS256")
+            token = tokens[i % 50]
             priority = ("low", "normal", "normal", "high", "urgent")[i % 5]
             fields = {"subject": f"Ticket {i}", "body": "Something is wrong.", "priority": priority}
             response = client.post(
@@ -119,26 +99,20 @@ def main() -> None:
     port = free_port()
     log_dir = Path(tempfile.mkdtemp(prefix="console-poll-"))
     env = service_env(args.database_url, args.redis_url, PORT=port, LOG_LEVEL="WARNING")
-    api = Service(
-        name="api",
-        argv=[str(bin_dir() / "helpdesk"), "serve", "--workers", "1"],
-        env=env,
-        log_path=log_dir / "api.log",
-        ready_url=f"http://127.0.0.1:{port}/healthz",
-    )
-    api.start().wait_ready()
+    stack = Stack(env, log_dir).start("web", web_args=["--workers", "1"])
+    api = stack["web"]
     base_url = f"http://127.0.0.1:{port}"
     try:
         ids = seed(base_url, args.tickets)
         time.sleep(2)  # let the creates' background publishing finish before measuring
-        idle_cpu, idle_start = api_cpu_s(api.pid), time.monotonic()
+        idle_cpu, idle_start = cpu_s(api.pid, tree=True), time.monotonic()
         time.sleep(10)
-        idle_pct = 100 * (api_cpu_s(api.pid) - idle_cpu) / (time.monotonic() - idle_start)
+        idle_pct = 100 * (cpu_s(api.pid, tree=True) - idle_cpu) / (time.monotonic() - idle_start)
 
         statuses: Counter[str] = Counter()
         latencies: list[float] = []
-        tokens = [admin_token(f"agent-{i}") for i in range(args.consoles)]
-        cpu0, start = api_cpu_s(api.pid), time.monotonic()
+        tokens = dev_tokens((f"agent-{i}" for i in range(args.consoles)), admin=True)
+        cpu0, start = cpu_s(api.pid, tree=True), time.monotonic()
         until = start + args.seconds
 
         async def run() -> None:
@@ -151,9 +125,9 @@ def main() -> None:
 
         asyncio.run(run())
         elapsed = time.monotonic() - start
-        busy_pct = 100 * (api_cpu_s(api.pid) - cpu0) / elapsed
+        busy_pct = 100 * (cpu_s(api.pid, tree=True) - cpu0) / elapsed
     finally:
-        api.stop()
+        stack.stop()
         flush_redis(args.redis_url)
 
     requests = sum(statuses.values())

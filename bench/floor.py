@@ -27,13 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import HOST, Service, Sink, proc_table, save_results, start_redis
+from bench.common import HOST, Service, Sink, cpu_s, save_results, start_redis
 
 DATABASE_URL = "postgresql://root@127.0.0.1:5432/helpdesk_bench_pipeline"
-
-
-def cpu_s(pid: int) -> float:
-    return proc_table()[pid][2]
 
 
 def measure_smtp(emails: int, log_dir: Path) -> dict[str, Any]:

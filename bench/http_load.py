@@ -69,12 +69,15 @@ from bench.common import (
     Stack,
     bin_dir,
     dev_tokens,
+    env_pairs,
     flush_redis,
     fmt,
     free_port,
     md_table,
     percentile,
     prepare_database,
+    query,
+    run_options,
     save_results,
     scan_log,
     service_env,
@@ -204,9 +207,7 @@ class Target:
 
 
 def count_tickets(database_url: str, user: str) -> int:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        row = conn.execute("SELECT count(*) FROM tickets WHERE user_id = %s", (user,)).fetchone()
-    return int(row[0]) if row else 0
+    return int(query(database_url, "SELECT count(*) FROM tickets WHERE user_id = %s", user)[0][0])
 
 
 def post_ticket(port: int, token: str) -> None:
@@ -360,7 +361,7 @@ def lat(cell: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.http_load", description=__doc__)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    run_options(parser, DATABASE_URL, quiet_below=25.0, quiet_timeout=120.0)
     add = parser.add_argument
     add("-c", "--connections", type=int, action="append", help="repeatable (default 1 8 32 128)")
     add("-d", "--duration", type=float, default=10.0, help="seconds per measurement")
@@ -370,20 +371,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--service-dir", action="append", type=Path, help="checkout to measure (repeatable)")
     add("--workers", type=int, default=CORES, help="server processes (floor and service)")
     add("--server-env", action="append", default=[], help="NAME=VALUE for the service")
-    add("--database-url", default=DATABASE_URL, help="emptied; its name must contain 'bench'")
     add("--redis-url", default=REDIS_URL, help="the service's broker and rate limit (flushed)")
-    add("--quiet-below", type=float, default=25.0, help="quiet: busy under this %% of a core")
-    add("--quiet-timeout", type=float, default=120.0, help="longest wait for quiet, seconds")
     add("--max-other", type=float, default=30.0, help="disturbed: others used this %% of a core")
     add("--attempts", type=int, default=3, help="most measurements of one figure")
-    add("--label", default="", help="added to the results file name")
     args = parser.parse_args(argv)
     args.connections = args.connections or CONNECTIONS
     args.scenario = args.scenario or ["create", "list"]
     args.service_dir = [path.resolve() for path in args.service_dir or [ROOT]]
-    if any("=" not in item for item in args.server_env):
-        parser.error("--server-env wants NAME=VALUE")
-    args.server_env = dict(item.split("=", 1) for item in args.server_env)
+    args.server_env = env_pairs(parser, args.server_env)
     return args
 
 

@@ -42,11 +42,14 @@ from bench.common import (
     Stack,
     cpu_line,
     dev_tokens,
+    env_pairs,
     flush_redis,
     free_port,
     log_problems,
     prepare_database,
+    query,
     redis_url_of,
+    run_options,
     save_results,
     service_env,
     start_redis,
@@ -60,11 +63,6 @@ WARMUP_USERS, LATENCY_USERS, BACKLOG_USERS = "bench-warmup-", "bench-latency-", 
 
 
 # -- what the database says -----------------------------------------------------------------------
-
-
-def query(database_url: str, sql: str, *params: Any) -> list[Any]:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        return conn.execute(sql, params).fetchall()
 
 
 def event_times(database_url: str, users: str) -> dict[str, float]:
@@ -404,7 +402,7 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pipeline", description=__doc__)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    run_options(parser, DATABASE_URL, quiet_below=30.0, quiet_timeout=60.0)
     add = parser.add_argument
     add("--phase", choices=["latency", "drain", "both"], default="both")
     add("--rate", type=float, default=200.0, help="tickets per second")
@@ -418,16 +416,10 @@ def main(argv: list[str] | None = None) -> int:
     add("--team-size", type=int, default=4, help="ADMIN_EMAILS in the drain run")
     add("--drain-timeout", type=float, default=300.0, help="longest wait for the emails, s")
     add("--env", action="append", default=[], help="NAME=VALUE for every service")
-    add("--database-url", default=DATABASE_URL, help="emptied; its name must contain 'bench'")
-    add("--quiet-below", type=float, default=30.0, help="quiet: busy under this %% of a core")
-    add("--quiet-timeout", type=float, default=60.0, help="longest wait for quiet, s")
     add("--p99-target-ms", type=float, default=250.0)
     add("--drain-target", type=float, default=1000.0)
-    add("--label", default="", help="added to the results file name")
     args = parser.parse_args(argv)
-    if any("=" not in item for item in args.env):
-        parser.error("--env wants NAME=VALUE")
-    args.env = dict(item.split("=", 1) for item in args.env)
+    args.env = env_pairs(parser, args.env)
 
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:

@@ -32,6 +32,7 @@ from bench.common import (
     ROOT,
     Sink,
     Stack,
+    descendants,
     dev_tokens,
     flush_redis,
     free_port,
@@ -49,7 +50,8 @@ PIPELINE_RATES = (50, 100, 200, 400)
 
 
 def run(module: str, *args: Any) -> None:
-    argv = [sys.executable, "-m", module, *map(str, args)]
+    """``python -m module args``, each argument split on spaces."""
+    argv = [sys.executable, "-m", module, *" ".join(map(str, args)).split()]
     print("$", " ".join(argv[1:]), flush=True)
     subprocess.run(argv, cwd=ROOT, check=False)
 
@@ -69,21 +71,9 @@ def pipeline_runs(
     out: dict[str, Any] = {"rates": {}, "drain": None}
     for rate in PIPELINE_RATES:
         if measure:
-            tickets = int(rate * seconds_per_rate)
-            run(
-                "bench.pipeline",
-                "--phase",
-                "latency",
-                "--rate",
-                rate,
-                "--tickets",
-                tickets,
-                "--warmup",
-                max(20, rate),
-                "--label",
-                f"{stamp}-r{rate}",
-                *quiet,
-            )
+            tickets, warmup = int(rate * seconds_per_rate), max(20, rate)
+            flags = f"--phase latency --rate {rate} --tickets {tickets} --warmup {warmup}"
+            run("bench.pipeline", flags, "--label", f"{stamp}-r{rate}", *quiet)
         latency = (
             (newest_result("pipeline", f"{stamp}-r{rate}") or {}).get("results", {}).get("latency")
         )
@@ -136,21 +126,14 @@ def measure_memory(seconds: int = 15, connections: int = 32) -> dict[str, float]
             ):
                 main = stack[name].pid
                 # Granian's workers are its leaf processes; dramatiq's, its main process's children.
-                pids = (
-                    [p for p in _tree(main, children) if not children[p]]
-                    if name == "web"
-                    else children[main]
-                )
+                tree = descendants(main, table)
+                pids = [p for p in tree if not children[p]] if name == "web" else children[main]
                 largest[label] = max(rss_mb([p]) for p in pids or [main])
             return largest
         finally:
             stack.stop()
             sink.stop()
             flush_redis(redis_url)
-
-
-def _tree(root: int, children: dict[int, list[int]]) -> list[int]:
-    return [root, *(p for child in children.get(root, []) for p in _tree(child, children))]
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -391,14 +374,8 @@ def main() -> int:
     http = (newest_result("http_load", f"{stamp}-http") or {}).get("results", {})
     pipeline = pipeline_runs(stamp, 5 if args.quick else 10, quiet, measure)
     if measure:
-        run(
-            "bench.timers",
-            "--tickets",
-            20_000 if args.quick else 100_000,
-            "--tag",
-            f"{stamp}-timers",
-            *quiet,
-        )
+        tickets = 20_000 if args.quick else 100_000
+        run("bench.timers", "--tickets", tickets, "--tag", f"{stamp}-timers", *quiet)
     timers = newest_result("timers", f"{stamp}-timers")
     saved = RESULTS_DIR / f"memory-{stamp}.json"  # kept with the run's results for --report-from
     if measure:

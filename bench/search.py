@@ -35,31 +35,36 @@ import io
 import json
 import os
 import random
-import signal
-import socket
-import subprocess
-import sys
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
-import jwt
 import psycopg
 from ulid import ULID
 
-from api.cli import ensure_database, migrate
-from domain.devkey import ensure_dev_keypair
+from bench.common import (
+    HOST,
+    RESULTS_DIR,
+    ROOT,
+    Stack,
+    dev_tokens,
+    free_port,
+    git_state,
+    prepare_database,
+    save_results,
+    scan_log,
+    service_env,
+    summary_ms,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Admin search at 1,000,000 messages"
 DEFAULT_DB = "postgresql://root@127.0.0.1:5432/helpdesk_bench_search"
-HOST = "127.0.0.1"
 USERS = 20_000
 AGENTS = 25
 MESSAGES_PER_TICKET = 4
@@ -116,21 +121,6 @@ class Vocabulary:
 
 
 # -- the database ------------------------------------------------------------------------------
-
-
-def recreate(url: str) -> None:
-    name = urlsplit(url).path.lstrip("/")
-    if "bench" not in name:
-        raise SystemExit(f"refusing to drop {name!r}: a benchmark database's name contains 'bench'")
-    info = psycopg.conninfo.conninfo_to_dict(url)
-    info["dbname"] = "postgres"
-    with psycopg.connect(**info, autocommit=True) as conn:  # type: ignore[arg-type]
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-        )
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    ensure_database(url)
-    migrate(url)
 
 
 def _copy_text(value: Any) -> str:
@@ -295,64 +285,6 @@ def sampled_bodies(url: str, count: int) -> list[list[str]]:
 # -- the server and the searches --------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-def admin_token() -> str:
-    private_pem, _ = ensure_dev_keypair()
-    now = int(time.time())
-    claims = {"sub": "agent-0", "role": "admin", "iat": now, "exp": now + 3600}
-    return jwt.encode(claims, private_pem, algorithm="RS256")
-
-
-def start_server(url: str, port: int, log_path: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "APP_ENV": "development",
-        "DATABASE_URL": url,
-        "REDIS_URL": os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12"),
-        "PORT": str(port),
-        "API_WORKERS": "1",
-        "RATE_LIMIT_PER_MINUTE": "0",
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "WARNING",
-    }
-    with open(log_path, "ab") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "api.cli", "serve", "--host", HOST],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://{HOST}:{port}/healthz", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        if server.poll() is not None:
-            break
-        time.sleep(0.2)
-    stop_server(server)
-    raise SystemExit(f"the server did not start; see {log_path}")
-
-
-def stop_server(server: subprocess.Popen[bytes]) -> None:
-    if server.poll() is None:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=10)
-
-
 def query_classes(
     frequencies: list[tuple[str, int]], bodies: list[list[str]], rng: random.Random
 ) -> dict[str, list[dict[str, str]]]:
@@ -385,9 +317,9 @@ def query_classes(
     }
 
 
-def percentile(ordered: list[float], pct: float) -> float:
-    rank = max(0, min(len(ordered) - 1, -(-len(ordered) * pct // 100) - 1))
-    return ordered[int(rank)]
+def latency(took: list[float]) -> dict[str, Any]:
+    summary = summary_ms(took)
+    return {"requests": summary["count"]} | {k: summary[k] for k in ("p50_ms", "p99_ms", "max_ms")}
 
 
 def measure(
@@ -414,25 +346,14 @@ def measure(
                 took.append(time.perf_counter() - started)
                 response.raise_for_status()
                 hits.append(response.json()["pagination"]["total"])
-            ordered = sorted(t * 1000 for t in took)
-            everything += ordered
-            results[name] = {
-                "requests": len(ordered),
-                "p50_ms": round(percentile(ordered, 50), 1),
-                "p99_ms": round(percentile(ordered, 99), 1),
-                "max_ms": round(ordered[-1], 1),
+            everything += took
+            results[name] = latency(took) | {
                 "tickets_found_median": sorted(hits)[len(hits) // 2],
                 "example": variants[0],
             }
             row = results[name]
             print(f"{name:40} p50 {row['p50_ms']:7.1f} ms  p99 {row['p99_ms']:7.1f} ms", flush=True)
-    everything.sort()
-    results["all searches"] = {
-        "requests": len(everything),
-        "p50_ms": round(percentile(everything, 50), 1),
-        "p99_ms": round(percentile(everything, 99), 1),
-        "max_ms": round(everything[-1], 1),
-    }
+    results["all searches"] = latency(everything)
     return results
 
 
@@ -507,24 +428,11 @@ def write_docs(result: dict[str, Any]) -> None:
 
 def previous_load(counts: dict[str, Any]) -> dict[str, Any]:
     """The load figures of the latest run that loaded this many rows (for ``--reuse``)."""
-    for path in sorted(RESULTS.glob("search-*.json"), reverse=True):
+    for path in sorted(RESULTS_DIR.glob("search-*.json"), reverse=True):
         data = json.loads(path.read_text()).get("data", {})
         if "copy_s" in data and data["messages"] == counts["messages"]:
             return dict(data)
     return {}
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> int:
@@ -550,38 +458,39 @@ def main() -> int:
         data: dict[str, Any] = {"tickets": counts[0], "messages": counts[1]}
         data.update(previous_load(data))
     else:
-        recreate(url)
+        prepare_database(url, fresh=True)
         print(f"loading {args.messages:,} messages ...", flush=True)
         data = load(url, tickets=args.messages // MESSAGES_PER_TICKET, rng=rng)
         print(json.dumps(data), flush=True)
     classes = query_classes(word_frequencies(url), sampled_bodies(url, 200), rng)
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    log_path = RESULTS / f"search-{stamp}-server.log"
-    port = free_port()
-    server = start_server(url, port, log_path)
-    try:
-        load_before = round(os.getloadavg()[0], 1)
-        searches = measure(f"http://{HOST}:{port}", admin_token(), classes, args.requests, rng)
-    finally:
-        stop_server(server)
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+    env = service_env(url, redis_url, PORT=free_port(), LOG_LEVEL="WARNING")
+    with tempfile.TemporaryDirectory(prefix="bench-search-") as log_dir:
+        server = Stack(env, Path(log_dir)).start("web", web_args=["--workers", "1"])
+        try:
+            load_before = round(os.getloadavg()[0], 1)
+            token = dev_tokens(["agent-0"], ttl=3600, admin=True)[0]
+            base_url = f"http://{HOST}:{server['web'].port}"
+            searches = measure(base_url, token, classes, args.requests, rng)
+        finally:
+            server.stop()
+        log = Path(log_dir, "web.log")
+        if scan_log(log.read_text()).error_lines:  # kept with the results
+            shutil.copy(log, RESULTS_DIR / f"search-{stamp}-server.log")
     result = {
         "stamp": stamp,
-        "commit": git_commit(),
+        "commit": git_state()["commit"][:7],
         "machine": {"cores": os.cpu_count(), "load_before": load_before},
         "requests_per_class": args.requests,
         "data": data,
         "searches": searches,
     }
-    out = RESULTS / f"search-{stamp}.json"
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    save_results("search", result)
     if args.write_docs:
         write_docs(result)
-        print(f"wrote the section {SECTION!r} of {DOCS}")
-    if log_path.exists() and "error" not in log_path.read_text().lower():
-        log_path.unlink()
+        print(f"wrote the section {SECTION!r} of {DOCS.relative_to(ROOT)}")
     return 0
 
 

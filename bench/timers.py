@@ -32,8 +32,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 from bench.common import (
     HOST,
     RESULTS_DIR,
@@ -41,11 +39,14 @@ from bench.common import (
     Monitor,
     Sink,
     Stack,
+    connect,
     cpu_line,
     flush_redis,
     log_problems,
     prepare_database,
     procfile,
+    query,
+    run_options,
     save_results,
     service_env,
     summary_ms,
@@ -60,23 +61,8 @@ CREATORS = 4  # tickets being created at once (the SLA run)
 NOT_DUE = 1000  # resolved too recently to close: must stay resolved
 
 
-def connect(database_url: str, attempts: int = 60) -> psycopg.Connection[Any]:
-    """An autocommit connection, retried while the (shared) server has no slot free."""
-    for attempt in range(attempts):
-        try:
-            return psycopg.connect(database_url, autocommit=True)
-        except psycopg.OperationalError as exc:
-            if "too many clients" not in str(exc) or attempt == attempts - 1:
-                raise
-            time.sleep(0.5)
-    raise AssertionError("unreachable")
-
-
 def one(database_url: str, sql: str) -> tuple[Any, ...]:
-    with connect(database_url) as conn:
-        row = conn.execute(sql).fetchone()
-    assert row is not None
-    return tuple(row)
+    return tuple(query(database_url, sql)[0])
 
 
 def make_broker(redis_url: str) -> Any:
@@ -457,7 +443,7 @@ def print_report(results: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.timers", description=__doc__)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    run_options(parser, DATABASE_URL, quiet_below=50.0, quiet_timeout=30.0, label="--tag")
     add = parser.add_argument
     add("--only", choices=("sla", "close"), help="run one measurement only")
     add("--timers", type=int, default=1000, help="urgent tickets (SLA timers)")
@@ -468,11 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     add("--tickets", type=int, default=100_000, help="due resolved tickets")
     add("--close-pools", default=",".join(CLOSE_POOLS), help="auto-close run: pools to start")
     add("--timeout", type=float, default=120.0, help="seconds past the goal")
-    add("--quiet-below", type=float, default=50.0, help="quiet: busy under this %% of a core")
-    add("--quiet-timeout", type=float, default=30.0, help="longest wait for quiet, s")
-    add("--database-url", default=DATABASE_URL, help="emptied; its name must contain 'bench'")
     add("--redis-url", default=REDIS_URL, help="flushed")
-    add("--tag", default="", help="suffix of the results file name")
     args = parser.parse_args(argv)
     if args.sla_seconds < args.spread_seconds + 5:
         parser.error("--sla-seconds must exceed --spread-seconds by 5 s or more")
