@@ -184,12 +184,13 @@ async function signIn(token) {
     return;
   }
   const claims = tokenClaims(token);
-  if (!claims) {
-    showSignIn("That is not a token: a token has three parts separated by dots.");
-    return;
-  }
-  if (typeof claims.exp === "number" && claims.exp * 1000 <= Date.now()) {
-    showSignIn("That token has expired. Sign in with a fresh one.");
+  if (!claims || (typeof claims.exp === "number" && claims.exp * 1000 <= Date.now())) {
+    sessionStorage.removeItem(TOKEN_KEY); // a kept token that ran out while the tab was away
+    showSignIn(
+      claims
+        ? "That token has expired. Sign in with a fresh one."
+        : "That is not a token: a token has three parts separated by dots.",
+    );
     return;
   }
   state.token = token;
@@ -220,8 +221,13 @@ async function signIn(token) {
   $("sign-in").hidden = true;
   $("app").hidden = false;
   say("");
-  await refreshQueue();
-  await route();
+  try {
+    await refreshQueue();
+    await route();
+  } catch (error) {
+    if (error instanceof SignedOut) return; // refused meanwhile: the sign-in form says why
+    throw error;
+  }
   // The sign-in form is gone: keyboard and screen reader users continue at the queue.
   if (!state.ticketId) $("queue-title").focus({ preventScroll: true });
   schedulePoll();
