@@ -3,7 +3,8 @@ received, lost and duplicated. Writes docs/reliability.md and bench/results/faul
 runs the abuse suite (bench/abuse.py), which writes the page's Abuse section.
 
     uv run python -m bench.faults                      # every scenario, then the abuse suite
-    uv run python -m bench.faults --scenario redis     # redis, worker, postgres, smtp or abuse
+    uv run python -m bench.faults --scenario redis     # redis, worker, postgres, smtp, webhook
+                                                       # or abuse
 
 Each scenario runs the real processes (the API, the Procfile's worker pools and scheduler)
 against an SMTP server that records every email. A ticket's email carries the ticket id, so the
@@ -22,7 +23,9 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -42,8 +45,10 @@ from bench.common import (
     service_env,
     start_redis,
 )
+from domain.webhooks import new_secret
 from tests.processes import PrivatePostgres
-from tests.sinks import SmtpSink
+from tests.sinks import SmtpSink, wait_for
+from tests.webhook_sink import Answer, WebhookSink
 
 TEAM_ADDRESS = "team@faults.test"
 SHARED_DB = "postgresql://root@127.0.0.1:5432/helpdesk_bench_faults"
@@ -68,9 +73,12 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-def start_stack(database_url: str, redis_url: str, sink: SmtpSink, log_dir: Path) -> Stack:
+def start_stack(
+    database_url: str, redis_url: str, sink: SmtpSink, log_dir: Path, **settings: Any
+) -> Stack:
     """One API process, the worker pools (the notifications pool one process, the one the
-    worker scenario kills) and the scheduler, quick outbox sweeps and re-publishing."""
+    worker scenario kills) and the scheduler, quick outbox sweeps and re-publishing;
+    ``settings`` add to the environment."""
     env = service_env(
         database_url,
         redis_url,
@@ -81,6 +89,7 @@ def start_stack(database_url: str, redis_url: str, sink: SmtpSink, log_dir: Path
         NOTIFICATION_PROCESSES=1,
         OUTBOX_SWEEP_INTERVAL_SECONDS=1,
         OUTBOX_REPUBLISH_AFTER_SECONDS=REPUBLISH_AFTER_S,
+        **settings,
     )
     return Stack(env, log_dir).start("web", *POOLS, web_args=["--workers", "1"])
 
@@ -271,11 +280,124 @@ async def smtp_refusing_for_a_minute(rate: float, log_dir: Path) -> Outcome:
         sink.stop()
 
 
+WEBHOOK_TIMEOUT_S = 2
+
+
+def register_endpoint(database_url: str, url: str) -> None:
+    """A webhook endpoint for every new ticket (written directly: the API's registration and its
+    checks are the tests' business, not this run's)."""
+    now = datetime.now(UTC)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO webhook_endpoints (id, url, event_types, enabled, secret, created_at,"
+            " updated_at) VALUES (%s, %s, %s, true, %s, %s, %s)",
+            ("01JN2XG6H7J8K9M0N1P2Q3R4S5", url, ["ticket.created"], new_secret(), now, now),
+        )
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
+
+
+def email_delays(database_url: str, sink: SmtpSink) -> list[tuple[float, float]]:
+    """(commit time, seconds from the commit to the email's arrival) of each ticket's email."""
+    with psycopg.connect(database_url) as conn:
+        created: dict[str, datetime] = dict(
+            conn.execute("SELECT id, created_at FROM tickets").fetchall()
+        )
+    return [
+        (created[ticket].timestamp(), m.received_at - created[ticket].timestamp())
+        for m in list(sink.received)
+        if (ticket := str(m.message["X-Helpdesk-Ticket"])) in created
+    ]
+
+
+def delay_summary(delays: list[float]) -> str:
+    return (
+        f"p50 {percentile(delays, 0.5):.2f} s, p99 {percentile(delays, 0.99):.2f} s, "
+        f"max {max(delays, default=0.0):.2f} s"
+    )
+
+
+async def hostile_webhook_receiver(rate: float, log_dir: Path, hostile: bool = True) -> Outcome:
+    """``hostile=False``: the same run with a prompt receiver throughout, for comparison."""
+    outcome = Outcome(
+        "webhook",
+        "a webhook receiver answers 503 for 10 s, hangs past the timeout for 10 s, answers "
+        "slowly (0.8 s) for 10 s, then promptly"
+        if hostile
+        else "(baseline) a prompt webhook receiver throughout",
+    )
+    sink = SmtpSink().start()
+    receiver = WebhookSink(Answer(503) if hostile else Answer()).start()
+    flush_redis(SHARED_REDIS)
+    prepare_database(SHARED_DB, fresh=True)
+    register_endpoint(SHARED_DB, receiver.url())
+    stack = start_stack(
+        SHARED_DB,
+        SHARED_REDIS,
+        sink,
+        log_dir,
+        WEBHOOK_ALLOW_PRIVATE="true",
+        WEBHOOK_TIMEOUT_SECONDS=WEBHOOK_TIMEOUT_S,
+    )
+    try:
+
+        def hang() -> None:
+            receiver.respond_always(Answer(delay_s=WEBHOOK_TIMEOUT_S * 4))
+
+        def slow() -> None:
+            receiver.respond_always(Answer(delay_s=0.8))
+
+        def healthy() -> None:
+            receiver.respond_always(Answer())
+
+        at = {10: hang, 20: slow, 30: healthy} if hostile else {30: healthy}
+        load_started = time.time()
+        results, moments = await steady_writes(stack, rate, 35, at)
+        outcome = count(outcome, results, sink, moments["healthy"], 240)
+        created = {ticket for _, ticket, _ in results if ticket}
+
+        def arrived() -> Counter[str]:
+            return Counter(json.loads(r.body)["data"]["ticket"]["id"] for r in receiver.delivered())
+
+        await asyncio.to_thread(wait_for, lambda: created <= set(arrived()), timeout=240)
+        await asyncio.sleep(3)  # late duplicates
+        got = arrived()
+        with psycopg.connect(SHARED_DB) as conn:
+            rows = conn.execute(
+                "SELECT status, count(*) FROM deliveries WHERE channel = 'webhook' GROUP BY status"
+            ).fetchall()
+        delays = email_delays(SHARED_DB, sink)
+        # The receiver's phases, by the second of the run the ticket was written in.
+        phases = [("503", 0, 10), ("hanging", 10, 20), ("slow", 20, 30), ("prompt", 30, 99)]
+        by_phase = [
+            f"{name}: " + delay_summary([d for at, d in delays if start <= at - load_started < end])
+            for name, start, end in (phases if hostile else [])
+        ]
+        outcome.notes += [
+            f"webhooks: {len(created & set(got))} of {len(created)} tickets' events arrived, "
+            f"{len(created - set(got))} missing, {sum(n - 1 for n in got.values() if n > 1)} "
+            f"duplicated, after {len(receiver.attempts())} requests to the receiver; ledger rows "
+            f"(channel webhook) by status: {dict(rows)}",
+            "emails alongside (the same ledger and pool), commit -> SMTP: "
+            + delay_summary([d for _, d in delays])
+            + (f"; by the receiver's phase: {'; '.join(by_phase)}" if by_phase else ""),
+        ]
+        return outcome
+    finally:
+        stack.stop()
+        receiver.stop()
+        sink.stop()
+
+
 SCENARIOS: dict[str, Callable[[float, Path], Awaitable[Outcome]]] = {
     "redis": redis_killed_and_restarted_empty,
     "worker": worker_killed_three_times,
     "postgres": postgres_stopped_and_started,
     "smtp": smtp_refusing_for_a_minute,
+    "webhook": hostile_webhook_receiver,
 }
 
 
