@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -428,6 +428,30 @@ def test_an_urgent_ticket_past_its_sla_stands_out_as_breached(
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
     page.screenshot(path=SCREENSHOTS / "console-ticket-narrow.png", full_page=True)
     assert context.dialogs == []
+
+
+def test_the_sla_clock_counts_down(
+    api: Api, context: Any, server: ApiServer, make_token: TokenFactory
+) -> None:
+    """The page's clock is set a while before the deadline and moved by hand (the live server's
+    deadline is two seconds away, too close to watch)."""
+    from playwright.sync_api import expect
+
+    ticket_id = api.create("demo-user-1", "Site is down", "Nothing loads.", "urgent")
+    ticket = api.admin("agent-1", "GET", ticket_id)
+    due = datetime.fromisoformat(ticket["sla_due_at"].replace("Z", "+00:00"))
+    page = context.new_page()
+    page.clock.install(time=due - timedelta(minutes=5))
+    page.clock.pause_at(due - timedelta(minutes=4))
+    page.goto(f"{server.base_url}/console#token={make_token('agent-1', admin=True)}")
+    row(page, "Site is down").get_by_role("link").click()
+    clock = page.locator("#sla-clock")
+    expect(clock).to_have_text("First response: due in 04:00.")
+    expect(row(page, "Site is down")).to_contain_text("due in 4 min")
+    page.clock.run_for(61_000)
+    expect(clock).to_have_text("First response: due in 02:59.")
+    page.clock.run_for(3 * 60_000)
+    expect(clock).to_contain_text("First response: overdue by 00:01.")
 
 
 def fill_queue(api: Api) -> None:
