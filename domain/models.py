@@ -283,7 +283,9 @@ class Ticket(Base):
             self.closed_at = now
         return {"old": current.value, "new": requested.value}
 
-    def _replan_sla(self, *, was_on_clock: bool, now: datetime, policy: TimePolicy) -> None:
+    def _replan_sla(
+        self, *, was_on_clock: bool, now: datetime, policy: TimePolicy, force: bool = False
+    ) -> None:
         """Arm, re-plan or disarm the first-response deadline after a change, then the other
         clocks (``_settle_clocks``, ``_plan_clocks``).
 
@@ -311,7 +313,7 @@ class Ticket(Base):
             # The clock shows the ticket's deadline itself: one computation, no drift.
             self._first_response_clock_follows()
         elif wants and target is not None and clock is not None and self.sla_breached_at is None:
-            clock.replan(now, target, slas)
+            clock.replan(now, target, slas, force=force)
             if clock.state == ClockState.RUNNING:
                 self.sla_due_at = clock.due_at
         elif was_on_clock and not wants and self.first_admin_reply_at is None:
@@ -322,7 +324,16 @@ class Ticket(Base):
                 else:
                     self.clocks.remove(clock)  # downgraded or closed unanswered: no target now
         self._settle_clocks(now)
-        self._plan_clocks(now, slas)
+        self._plan_clocks(now, slas, force=force)
+
+    def replan_for_policy(self, *, now: datetime, policy: TimePolicy) -> None:
+        """The ticket's open clocks under another policy (a process started with a new
+        SLA_POLICY_FILE): each target re-planned from what it already used, armed or dropped as
+        the new policy says; met and breached clocks stay as they are."""
+        self._replan_sla(was_on_clock=self.on_sla_clock, now=now, policy=policy, force=True)
+        for clock in self.clocks:  # paused ones too: they resume under the new policy
+            if clock.state in OPEN_STATES:
+                clock.policy = policy.slas.fingerprint
 
     def _first_response_clock_follows(self) -> None:
         clock = self.clock(Target.FIRST_RESPONSE)
@@ -345,7 +356,7 @@ class Ticket(Base):
                 else:
                     self.clocks.remove(clock)
 
-    def _plan_clocks(self, now: datetime, slas: SlaPolicy) -> None:
+    def _plan_clocks(self, now: datetime, slas: SlaPolicy, *, force: bool = False) -> None:
         """The next-response and resolution clocks of an active ticket under the current
         priority's targets: started, resumed after a pause, re-planned or removed."""
         if self.status not in SLA_ACTIVE_STATUSES:
@@ -366,7 +377,7 @@ class Ticket(Base):
                 else:
                     clock.restart(now, allowed, slas)  # the reply that reopened it waits now
             else:
-                clock.replan(now, allowed, slas)
+                clock.replan(now, allowed, slas, force=force)
 
     def _await_next_response(self, now: datetime, slas: SlaPolicy) -> None:
         """A user reply on an answered, active ticket starts the next-response clock, unless

@@ -61,6 +61,9 @@ class SlaClock(Base):
     breached_at: Mapped[datetime | None] = mapped_column(TZ)
     met_at: Mapped[datetime | None] = mapped_column(TZ)
     paused_at: Mapped[datetime | None] = mapped_column(TZ)
+    # The fingerprint of the policy that planned it (SlaPolicy.fingerprint): a process that
+    # starts with another policy re-plans the open clocks stamped with an older one.
+    policy: Mapped[str | None] = mapped_column(String(16))
 
     # -- planning (called by the ticket aggregate) ---------------------------------------------
 
@@ -80,12 +83,15 @@ class SlaClock(Base):
         self.warned_at = self.breached_at = self.met_at = self.paused_at = None
         self._plan(now, allowed, used=timedelta(0), slas=slas)
 
-    def replan(self, now: datetime, allowed: timedelta, slas: SlaPolicy) -> None:
+    def replan(
+        self, now: datetime, allowed: timedelta, slas: SlaPolicy, *, force: bool = False
+    ) -> None:
         """A running clock under a new target (a priority or policy change): the time already
-        used counts against the new target, so the deadline may fall due at once."""
+        used counts against the new target, so the deadline may fall due at once. ``force``:
+        re-plan even with the same target (the calendar may have changed)."""
         if self.state != ClockState.RUNNING or self.breached_at is not None:
             return
-        if allowed.total_seconds() == self.allowed_s:
+        if allowed.total_seconds() == self.allowed_s and not force:
             return
         left = open_time_between(now, self.due_at, slas.calendar)
         self._plan(now, allowed, used=self._allowed - left, slas=slas)
@@ -118,6 +124,7 @@ class SlaClock(Base):
         return timedelta(seconds=self.allowed_s)
 
     def _plan(self, now: datetime, allowed: timedelta, *, used: timedelta, slas: SlaPolicy) -> None:
+        self.policy = slas.fingerprint
         self.allowed_s = allowed.total_seconds()
         self.due_at = slas.deadline(now, max(allowed - used, timedelta(0)))
         if self.warned_at is None:

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -75,7 +76,7 @@ class SlaPolicy:
             return None
         return add_open_time(start, duration * self.warn_share, self.calendar)
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """A digest of everything that decides a deadline, to notice a changed policy."""
         calendar = self.calendar

@@ -34,14 +34,15 @@ _MESSAGES = cast(Table, Message.__table__)
 # A new ticket's clocks as arrays (the statement's text is the same for none or three); only
 # the columns a new clock has, the others start NULL.
 _NEW_CLOCKS = """INSERT INTO sla_clocks
-        (ticket_id, target, state, generation, started_at, allowed_s, due_at, warn_at)
-    SELECT :t_id, c.target, c.state, c.generation, c.started_at, c.allowed_s, c.due_at, c.warn_at
+        (ticket_id, target, state, generation, started_at, allowed_s, due_at, warn_at, policy)
+    SELECT :t_id, c.target, c.state, c.generation, c.started_at, c.allowed_s, c.due_at,
+           c.warn_at, c.policy
     FROM unnest(
         CAST(:c_targets AS varchar[]), CAST(:c_states AS varchar[]),
         CAST(:c_generations AS integer[]), CAST(:c_started_at AS timestamptz[]),
         CAST(:c_allowed_s AS double precision[]), CAST(:c_due_at AS timestamptz[]),
-        CAST(:c_warn_at AS timestamptz[])
-    ) AS c (target, state, generation, started_at, allowed_s, due_at, warn_at)"""
+        CAST(:c_warn_at AS timestamptz[]), CAST(:c_policies AS varchar[])
+    ) AS c (target, state, generation, started_at, allowed_s, due_at, warn_at, policy)"""
 
 INSERT_CREATED = insert_statement(
     f"WITH new_ticket AS ({_insert(_TICKETS, 't_')}), new_message AS ({_insert(_MESSAGES, 'm_')}),"
@@ -58,6 +59,7 @@ def _clock_params(clocks: list[SlaClock]) -> dict[str, Any]:
         "c_allowed_s": [c.allowed_s for c in clocks],
         "c_due_at": [c.due_at for c in clocks],
         "c_warn_at": [c.warn_at for c in clocks],
+        "c_policies": [c.policy for c in clocks],
     }
 
 

@@ -316,6 +316,13 @@ class TicketService:
         ticket = await self._load(session, ticket_id, lock=True)
         return await self._save(session, ticket.fire_timers(now=self.clock()))
 
+    async def replan_for_policy(self, session: AsyncSession, ticket_id: str) -> None:
+        """Re-plan one ticket's open clocks under this service's policy (see
+        domain/timers.py: tickets_planned_by_another_policy)."""
+        ticket = await self._load(session, ticket_id, lock=True)
+        ticket.replan_for_policy(now=self.clock(), policy=self.policy)
+        await session.flush()
+
     # -- helpers -------------------------------------------------------------------------------
 
     @staticmethod

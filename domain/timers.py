@@ -168,9 +168,30 @@ async def fire_sla_clocks(session: AsyncSession, now: datetime, *, limit: int = 
     return await events.write(session, new_events)
 
 
+_OPEN_CLOCK_STATES = sorted(s.value for s in OPEN_STATES)
+
+
+async def tickets_planned_by_another_policy(
+    session: AsyncSession, fingerprint: str, *, limit: int = 500
+) -> list[str]:
+    """Tickets with an open clock planned under another SLA policy (a process started with a
+    changed SLA_POLICY_FILE), to re-plan one by one (TicketService.replan_for_policy). Clocks
+    from before policies existed (no fingerprint) are left as they were planned."""
+    query = (
+        select(_c.ticket_id)
+        .where(
+            _c.state.in_(_OPEN_CLOCK_STATES),
+            _c.policy.is_not(None),
+            _c.policy != fingerprint,
+        )
+        .distinct()
+        .limit(limit)
+    )
+    return list((await session.execute(query)).scalars())
+
+
 # What auto-close does to the closed tickets' clocks (``Ticket._settle_clocks``): resolution is
 # met when the ticket was resolved; response clocks still open have nothing left to measure.
-_OPEN_CLOCK_STATES = sorted(s.value for s in OPEN_STATES)
 _CLOSED_IDS = func.unnest(bindparam("ids", type_=ARRAY(String)))
 _MEET_RESOLUTION = (
     update(_clocks)

@@ -16,7 +16,12 @@ from domain.lifecycle import Caller, Priority, Status, TicketChanges
 from domain.policies import TimePolicy
 from domain.sla_policy import parse_policy
 from domain.tickets import TicketService
-from domain.timers import close_resolved_due, fire_sla_breaches, fire_sla_clocks
+from domain.timers import (
+    close_resolved_due,
+    fire_sla_breaches,
+    fire_sla_clocks,
+    tickets_planned_by_another_policy,
+)
 from tests.conftest import T0, Clock
 
 USER = Caller("user-1", email="user@example.com")
@@ -296,3 +301,38 @@ holidays = ["2026-03-16"]
         assert await fire_sla_breaches(s, due - S) == []
         assert len(await fire_sla_breaches(s, due)) == 1
         await s.commit()
+
+
+async def test_a_new_policy_re_plans_the_open_clocks_once(
+    sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
+) -> None:
+    world = World(sessions, db)
+    answered = await world.create()
+    await world.admin_reply(answered, 10)  # first response met: stays met
+    world.clock.at(0)
+    waiting = await world.create()
+    world.clock.at(20)
+    # Restarted with a new file: urgent first response 30 s, resolution 300 s.
+    new = World(sessions, db, "[urgent]\nfirst_response = 30\nresolution = 300\n")
+    new.clock.at(20)
+    fingerprint = new.service.policy.slas.fingerprint
+    async with sessions() as s:
+        stale = await tickets_planned_by_another_policy(s, fingerprint)
+    assert sorted(stale) == sorted([answered, waiting])
+    for ticket_id in stale:
+        async with sessions() as s:
+            await new.service.replan_for_policy(s, ticket_id)
+            await s.commit()
+    clocks = world.clocks(waiting)
+    # 20 s used of the new 30 s: due at 30; no warnings in the new policy.
+    assert (clocks["first_response"]["due_at"], clocks["first_response"]["warn_at"]) == (
+        T0 + 30 * S,
+        None,
+    )
+    assert world.ticket(waiting)["sla_due_at"] == T0 + 30 * S
+    assert clocks["resolution"]["due_at"] == T0 + 300 * S
+    met = world.clocks(answered)["first_response"]
+    assert (met["state"], met["due_at"]) == ("met", T0 + 60 * S)  # as it was
+    async with sessions() as s:
+        assert await tickets_planned_by_another_policy(s, fingerprint) == []
+    assert await new.sweep(30) == [(BREACH, None)]

@@ -10,7 +10,7 @@ import dramatiq
 
 from domain.errors import NotFound
 from domain.outbox import SLA_CHECK_ACTOR, SLA_QUEUE, SLA_SWEEP_QUEUE
-from domain.timers import fire_sla_breaches, fire_sla_clocks
+from domain.timers import fire_sla_breaches, fire_sla_clocks, tickets_planned_by_another_policy
 from workers.broker import broker  # noqa: F401  (the broker and its middleware, before any actor)
 from workers.publishing import commit_and_publish
 from workers.runtime import runtime
@@ -37,6 +37,40 @@ async def check_sla_deadline(ticket_id: str) -> None:
         await commit_and_publish(session)
 
 
+_replanned = False
+
+
+async def _replan_once_per_process() -> None:
+    """On this process's first sweep: re-plan the open clocks that another policy planned (the
+    service was restarted with a changed SLA_POLICY_FILE). Any number of processes may do it
+    at once: each ticket is re-planned under its lock, and a re-planned clock no longer
+    matches. Failures are left for the next process start (the sweep itself goes on)."""
+    global _replanned
+    if _replanned:
+        return
+    rt = runtime()
+    fingerprint = rt.tickets.policy.slas.fingerprint
+    seen: set[str] = set()
+    while True:
+        async with rt.sessionmaker() as session:
+            stale = [
+                t
+                for t in await tickets_planned_by_another_policy(session, fingerprint)
+                if t not in seen
+            ]
+        if not stale:
+            break
+        for ticket_id in stale:
+            seen.add(ticket_id)
+            async with rt.sessionmaker() as session:
+                try:
+                    await rt.tickets.replan_for_policy(session, ticket_id)
+                except NotFound:
+                    continue
+                await commit_and_publish(session)
+    _replanned = True
+
+
 @dramatiq.actor(
     queue_name=SLA_SWEEP_QUEUE,
     max_retries=0,
@@ -47,6 +81,7 @@ async def sweep_sla_deadlines() -> None:
     """Backstop and the only path for most warnings and clock breaches: fire every SLA timer
     whose moment passed (first-response breaches, then the clocks' warnings and breaches)."""
     rt = runtime()
+    await _replan_once_per_process()
     while True:
         async with rt.sessionmaker() as session:
             now = rt.clock()

@@ -38,6 +38,8 @@ def upgrade() -> None:
         sa.Column("breached_at", TZ),
         sa.Column("met_at", TZ),
         sa.Column("paused_at", TZ),
+        # Fingerprint of the policy that planned the clock (NULL: planned before policies).
+        sa.Column("policy", sa.String(16)),
         sa.CheckConstraint(
             "target IN ('first_response','next_response','resolution')",
             name="sla_clocks_target_valid",
