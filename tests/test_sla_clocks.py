@@ -336,3 +336,29 @@ async def test_a_new_policy_re_plans_the_open_clocks_once(
     async with sessions() as s:
         assert await tickets_planned_by_another_policy(s, fingerprint) == []
     assert await new.sweep(30) == [(BREACH, None)]
+
+
+async def test_a_deadline_across_the_spring_change_with_a_warning(
+    sessions: async_sessionmaker[AsyncSession], db: psycopg.Connection[Any]
+) -> None:
+    weekdays = ", ".join(f'{day} = "09:00-17:00"' for day in ("mon", "tue", "wed", "thu", "fri"))
+    world = World(
+        sessions,
+        db,
+        f'warn_at = 0.75\n[urgent]\nfirst_response = "2h"\n'
+        f'[calendar]\ntimezone = "Europe/Berlin"\nhours = {{ {weekdays} }}\n',
+    )
+    # Friday 27 March 2026, 16:00 in Berlin (15:00 UTC, winter time); the clocks go forward on
+    # Sunday. One open hour on Friday, then Monday from 09:00 summer time (07:00 UTC).
+    world.clock.now = datetime(2026, 3, 27, 15, 0, tzinfo=UTC)
+    ticket_id = await world.create()
+    first = world.clocks(ticket_id)["first_response"]
+    assert first["warn_at"] == datetime(2026, 3, 30, 7, 30, tzinfo=UTC)  # 1.5 h: Mon 09:30
+    assert first["due_at"] == datetime(2026, 3, 30, 8, 0, tzinfo=UTC)  # 2 h: Mon 10:00
+    async with world.sessions() as s:
+        before = first["warn_at"] - S
+        assert await fire_sla_clocks(s, before) + await fire_sla_breaches(s, before) == []
+        assert len(await fire_sla_clocks(s, first["warn_at"])) == 1
+        assert len(await fire_sla_breaches(s, first["due_at"])) == 1
+        await s.commit()
+    assert [e[0] for e in world.sla_events(ticket_id)] == [WARNING, BREACH]
