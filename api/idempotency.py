@@ -107,6 +107,8 @@ async def write_once(
         result = await write()
         await commit(db, state)
         return Response(result, status_code=status_code)
+    if isinstance(db, DirectConnection):
+        await db.begin()  # the claim, the write and the stored answer commit together
     keys: IdempotencyKeys = state.idempotency_keys
     stored = await keys.claim(
         db,

@@ -4,6 +4,7 @@ process at start-up, never at import."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -157,8 +158,14 @@ class DirectConnection:
             await cursor.execute(_sql_text(statement, self.dialect), params)
             return Rows(await cursor.fetchall() if cursor.description else [])
 
+    async def begin(self) -> None:
+        """Run the next statements in one transaction, until :meth:`commit` (or a rollback when
+        the connection goes back). Without it each statement is its own transaction."""
+        if self.connection.autocommit:
+            await self.connection.set_autocommit(False)
+
     async def commit(self) -> None:
-        await self.connection.commit()
+        await self.connection.commit()  # nothing to do (no round trip) without begin()
 
 
 _SQL_TEXT: dict[Executable, str] = {}
@@ -179,10 +186,17 @@ def _sql_text(statement: Executable, dialect: Dialect) -> str:
 @asynccontextmanager
 async def direct_connection(engine: AsyncEngine) -> AsyncIterator[DirectConnection]:
     """A pooled connection for :class:`DirectConnection`; back to the pool (rolled back if a
-    transaction is still open) when the block ends."""
+    transaction is still open) when the block ends.
+
+    Each statement is its own transaction (autocommit) unless :meth:`DirectConnection.begin`
+    is called: the hot requests send one statement (a create's CTE, a list page), and a
+    transaction around it cost two more round trips (psycopg's BEGIN, and the pool's ROLLBACK
+    or a COMMIT), about a sixth of a list's CPU in the API (docs/profiling.md section 11).
+    """
     async with engine.connect() as connection:
         pooled = await connection.get_raw_connection()
         driver: psycopg.AsyncConnection[Any] = pooled.driver_connection  # type: ignore[assignment]
+        await driver.set_autocommit(True)
         try:
             yield DirectConnection(driver, engine.dialect)
         except psycopg.OperationalError:
@@ -191,3 +205,9 @@ async def direct_connection(engine: AsyncEngine) -> AsyncIterator[DirectConnecti
                 # connection): discard it here, or the next request gets a dead one.
                 await connection.invalidate()
             raise
+        finally:
+            # The pool's other users (sessions) expect transactions; with autocommit on, no
+            # transaction is open, so the switch is allowed and costs no round trip.
+            if driver.autocommit and not driver.closed:
+                with contextlib.suppress(psycopg.Error):
+                    await driver.set_autocommit(False)
