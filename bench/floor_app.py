@@ -3,11 +3,11 @@
 A minimal Litestar app with msgspec structs and an async psycopg pool (10 connections per
 process); no token check, no rate limit, no access log, no publishing. It answers
 
-* ``POST /v1/support/tickets``: one transaction with the service's one statement, whose CTEs
+* ``POST /v1/support/tickets``: the service's one statement (autocommit, as the service), whose CTEs
   insert the ticket and its first message and whose last INSERT writes the ``ticket.created``
   event (the column lists of domain/ticket_sql.py, every value a parameter); 201 with the
   ticket shaped like the service's answer. The caller is always ``CREATE_USER``.
-* ``GET /v1/support/tickets?page=1&per_page=20``: in one transaction the page of
+* ``GET /v1/support/tickets?page=1&per_page=20``: in autocommit, the page of
   ``LIST_USER``'s tickets newest first, each row carrying the total (a window count; a count
   query only for a page past the end), as the service does.
 
@@ -135,8 +135,13 @@ def create_params(data: CreateTicket, user: str) -> dict[str, Any]:
     }
 
 
+# Autocommit: each statement its own transaction, as the service's direct connection runs them.
 pool = AsyncConnectionPool(
-    os.environ.get("FLOOR_DATABASE_URL", ""), min_size=POOL_SIZE, max_size=POOL_SIZE, open=False
+    os.environ.get("FLOOR_DATABASE_URL", ""),
+    min_size=POOL_SIZE,
+    max_size=POOL_SIZE,
+    open=False,
+    kwargs={"autocommit": True},
 )
 
 

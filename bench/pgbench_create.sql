@@ -1,14 +1,13 @@
 -- The database work of one POST /v1/support/tickets as the service sends it (domain/ticket_sql.py,
--- domain/events.py): one transaction, one statement whose CTEs insert the ticket and its first
+-- domain/events.py): one statement, its own transaction (autocommit, as the service sends it), whose CTEs insert the ticket and its first
 -- message and whose last INSERT writes the ticket.created event from arrays (unnest), as
 -- bench/floor_app.py does too. Variables from bench/http_load.py (-D): user, subject, body,
 -- priority, category. Ids are 26 characters and time-ordered like the service's ULIDs: the
--- transaction's start in microseconds and a random suffix (now() is fixed within a transaction).
+-- statement's start in microseconds and a random suffix (now() is fixed within a statement).
 \set t random(0, 9999999999)
 \set m random(0, 9999999999)
 \set e random(0, 9999999999)
 \set q random(0, 9999999999)
-BEGIN;
 WITH new_ticket AS (INSERT INTO tickets (id, user_id, requester_email, subject, status, priority,
     category, assignee_id, created_at, updated_at, resolved_at, closed_at, first_admin_reply_at,
     sla_due_at, sla_breached_at)
@@ -34,4 +33,3 @@ FROM unnest(
       'priority', :priority::text)] AS jsonb[]),
     CAST(ARRAY[now()] AS timestamptz[])
 ) AS e (id, ticket_id, type, actor_id, actor_is_admin, payload, created_at);
-COMMIT;

@@ -1,9 +1,8 @@
 -- The database work of one GET /v1/support/tickets?page=1&per_page=20 as the service sends it
--- (domain/tickets.py), as bench/floor_app.py does too: in a transaction, one page of the user's
+-- (domain/tickets.py), as bench/floor_app.py does too: one statement in autocommit, one page of the user's
 -- tickets newest first, each row carrying the total as a window count (a count query runs only
--- for a page past the end); the transaction ends when the connection goes back to the pool.
+-- for a page past the end).
 -- Variables from bench/http_load.py (-D): user.
-BEGIN;
 SELECT id, user_id, requester_email, subject, status, priority, category, assignee_id,
     created_at, updated_at, resolved_at, closed_at, first_admin_reply_at, sla_due_at,
     sla_breached_at, count(*) OVER () AS total
@@ -11,4 +10,3 @@ SELECT id, user_id, requester_email, subject, status, priority, category, assign
   WHERE user_id = :user::varchar
   ORDER BY created_at DESC, id DESC
   LIMIT 20 OFFSET 0;
-ROLLBACK;
