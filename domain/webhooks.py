@@ -30,10 +30,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from domain import events
+from domain.base import ID, TZ, Base
 from domain.errors import NotFound
 from domain.events import EventType, NewEvent
 from domain.ids import is_valid_id, isoformat_z, new_id
-from domain.models import ID, TZ, Base
 from domain.settings import Settings
 from domain.tickets import Page
 
