@@ -14,7 +14,13 @@ from msgspec import Meta
 from api.schemas import Pagination, pagination_of
 from domain.ids import isoformat_z
 from domain.tickets import Page
-from domain.webhooks import EVENT_TYPES_MAX, SUBSCRIBABLE, URL_MAX, WebhookEndpoint
+from domain.webhooks import (
+    EVENT_TYPES_MAX,
+    SUBSCRIBABLE,
+    URL_MAX,
+    WebhookEndpoint,
+    check_event_types,
+)
 
 Url = Annotated[
     str,
@@ -39,22 +45,13 @@ EventTypes = Annotated[
 ]
 
 
-def _check_event_types(event_types: list[str]) -> None:
-    unknown = [t for t in event_types if t not in SUBSCRIBABLE]
-    if unknown:
-        raise ValueError(
-            f"`event_types` has unknown type(s) {', '.join(map(repr, unknown))}; "
-            f"known: {', '.join(SUBSCRIBABLE)}"
-        )
-
-
 class CreateWebhook(msgspec.Struct, forbid_unknown_fields=True):
     url: Url
     event_types: EventTypes
     enabled: bool = True
 
     def __post_init__(self) -> None:
-        _check_event_types(self.event_types)
+        check_event_types(self.event_types)
 
 
 class UpdateWebhook(msgspec.Struct, forbid_unknown_fields=True):
@@ -66,7 +63,7 @@ class UpdateWebhook(msgspec.Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if isinstance(self.event_types, list):
-            _check_event_types(self.event_types)
+            check_event_types(self.event_types)
 
 
 class WebhookOut(msgspec.Struct):

@@ -369,7 +369,6 @@ async def record_failure(
         .where(_endpoints.c.id == endpoint_id, _endpoints.c.failing_since.is_(None))
         .values(failing_since=now, updated_at=now)
     )
-    reason = f"failing since at least {{since}}; last error: {error[:500]}"
     disabled = (
         await session.execute(
             update(_endpoints)
@@ -385,7 +384,7 @@ async def record_failure(
     if disabled is None:
         return False
     url, since = disabled
-    why = reason.format(since=isoformat_z(since))
+    why = f"failing since at least {isoformat_z(since)}; last error: {error[:500]}"
     await session.execute(
         update(_endpoints).where(_endpoints.c.id == endpoint_id).values(disabled_reason=why)
     )

@@ -31,7 +31,7 @@ from domain.delivery import (
 from domain.ids import utcnow
 from domain.notifications import WEBHOOK
 from domain.settings import Settings, load_settings
-from domain.webhooks import create_endpoint
+from domain.webhooks import create_endpoint, record_failure, record_success
 from tests.conftest import QUEUES, TEAM, TokenFactory, auth, create_ticket
 from tests.notices import sample_notice
 from tests.processes import ServiceProcess, dramatiq_workers, scheduler
@@ -210,6 +210,56 @@ async def test_a_failing_receiver_rests_and_one_request_probes_it(
     await channel.send(notice)  # healthy again: no more waiting
     assert len(receiver.attempts()) == 3  # the hang, the probe, the last one
     await channel.close()
+
+
+async def test_an_endpoint_is_disabled_once_after_failing_long_enough(
+    client: AsyncTestClient[Any],
+    make_token: TokenFactory,
+    sessions: Any,
+    db: psycopg.Connection[Any],
+) -> None:
+    ticket = await create_ticket(client, auth(make_token("user-1")))
+    start = utcnow()
+    async with sessions() as session:
+        endpoint = await create_endpoint(
+            session,
+            url="https://8.8.8.8/x",
+            event_types=["ticket.created"],
+            enabled=True,
+            now=start,
+        )
+        await session.commit()
+
+    async def fail(after: timedelta, error: str = 'answered 503: {"error": "down"}') -> bool:
+        async with sessions() as session:
+            disabled = await record_failure(
+                session,
+                endpoint.id,
+                ticket_id=ticket["id"],
+                error=error,
+                now=start + after,
+                disable_after=timedelta(hours=24),
+            )
+            await session.commit()
+        return disabled
+
+    assert not await fail(timedelta(0))
+    assert not await fail(timedelta(hours=23))
+    async with sessions() as session:  # a success in between starts the count again
+        await record_success(session, endpoint.id, start + timedelta(hours=23, minutes=1))
+        await session.commit()
+    assert not await fail(timedelta(hours=24))
+    assert not await fail(timedelta(hours=47))
+    assert await fail(timedelta(hours=48))
+    assert not await fail(timedelta(hours=49))  # told once
+    stored = db.execute("SELECT enabled, disabled_reason FROM webhook_endpoints").fetchone()
+    assert stored is not None and stored[0] is False
+    assert '{"error": "down"}' in stored[1] and "failing since at least" in stored[1]
+    told = db.execute(
+        "SELECT ticket_id, payload FROM ticket_events WHERE type = 'webhook.disabled'"
+    ).fetchall()
+    assert len(told) == 1 and told[0][0] == ticket["id"]
+    assert told[0][1]["endpoint_id"] == endpoint.id
 
 
 # -- the pipeline: real workers, the API, the receiver ----------------------------------------
