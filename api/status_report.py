@@ -62,8 +62,8 @@ def _as_data(
             "running": signals.sla_running,
             "breached_open": signals.sla_breached_open,
             "next_deadlines": [
-                {"ticket_id": ticket_id, "due_at": due.isoformat()}
-                for ticket_id, due in signals.next_sla_deadlines
+                {"ticket_id": ticket_id, "target": target, "due_at": due.isoformat()}
+                for ticket_id, target, due in signals.next_sla_deadlines
             ],
         },
     }
@@ -98,13 +98,17 @@ def render(data: dict[str, Any], *, as_json: bool = False) -> str:
     sla = data["sla"]
     lines += [
         "",
-        f"SLA  on the clock {sla['running']}   breached and still open {sla['breached_open']}",
+        "SLA clocks running "
+        + (", ".join(f"{t} {n}" for t, n in sla["running"].items()) or "none")
+        + f"   first response breached, still open {sla['breached_open']}",
     ]
     for item in sla["next_deadlines"]:
         due = datetime.fromisoformat(item["due_at"])
         seconds = (due - now).total_seconds()
         when = f"in {_age(seconds)}" if seconds >= 0 else f"{_age(-seconds)} ago"
-        lines.append(f"  {item['ticket_id']}  due {due:%Y-%m-%d %H:%M:%S} UTC ({when})")
+        lines.append(
+            f"  {item['ticket_id']}  {item['target']:<15} due {due:%Y-%m-%d %H:%M:%S} UTC ({when})"
+        )
     if missing:
         lines += ["", f"Not running: {', '.join(missing)}"]
     return "\n".join(lines)

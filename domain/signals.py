@@ -37,9 +37,10 @@ class DatabaseSignals:
     published_not_completed: int
     oldest_published_not_completed_age_s: float | None
     failed_deliveries: dict[str, int]  # by channel
-    sla_running: int  # urgent tickets on the first-response clock
-    sla_breached_open: int  # active tickets whose SLA was breached
-    next_sla_deadlines: list[tuple[str, datetime]] = field(default_factory=list)
+    sla_running: dict[str, int]  # clocks running (not paused, not yet breached), by target
+    sla_breached_open: int  # active tickets whose first-response deadline passed unmet
+    # (ticket id, target, due) of the running clocks due soonest
+    next_sla_deadlines: list[tuple[str, str, datetime]] = field(default_factory=list)
 
 
 def queue_depths(client: Any, now_ms: int) -> list[QueueDepth]:
@@ -73,10 +74,8 @@ def _age_s(client: Any, queue: str, head: bytes | None, now_ms: int) -> float | 
 
 
 _ACTIVE = tuple(str(status) for status in SLA_ACTIVE_STATUSES)
-_ARMED = (
-    "sla_due_at IS NOT NULL AND sla_breached_at IS NULL AND first_admin_reply_at IS NULL "
-    "AND status = ANY(%(active)s)"
-)
+# The clocks the sweep still has to fire (the partial index sla_clocks_breach_due).
+_RUNNING = "state = 'running' AND breached_at IS NULL"
 
 
 def database_signals(
@@ -95,20 +94,27 @@ def database_signals(
             "SELECT channel, count(*) FROM deliveries WHERE status = 'failed' GROUP BY channel"
         ).fetchall()
     )
-    running, breached = conn.execute(
-        f"SELECT (SELECT count(*) FROM tickets WHERE {_ARMED}),"
-        " (SELECT count(*) FROM tickets"
-        "   WHERE sla_breached_at IS NOT NULL AND status = ANY(%(active)s))",
-        {"active": list(_ACTIVE)},
-    ).fetchone() or (0, 0)
-    next_deadlines: list[tuple[str, datetime]] = []
+    running = dict(
+        conn.execute(
+            f"SELECT target, count(*) FROM sla_clocks WHERE {_RUNNING} GROUP BY target"
+        ).fetchall()
+    )
+    breached = (
+        conn.execute(
+            "SELECT count(*) FROM tickets"
+            " WHERE sla_breached_at IS NOT NULL AND status = ANY(%(active)s)",
+            {"active": list(_ACTIVE)},
+        ).fetchone()
+        or (0,)
+    )[0]
+    next_deadlines: list[tuple[str, str, datetime]] = []
     if deadlines:
         next_deadlines = [
-            (ticket_id, due)
-            for ticket_id, due in conn.execute(
-                f"SELECT id, sla_due_at FROM tickets WHERE {_ARMED}"
-                " ORDER BY sla_due_at LIMIT %(n)s",
-                {"active": list(_ACTIVE), "n": deadlines},
+            (ticket_id, target, due)
+            for ticket_id, target, due in conn.execute(
+                f"SELECT ticket_id, target, due_at FROM sla_clocks WHERE {_RUNNING}"
+                " ORDER BY due_at LIMIT %(n)s",
+                {"n": deadlines},
             ).fetchall()
         ]
     return DatabaseSignals(
@@ -117,7 +123,7 @@ def database_signals(
         published_not_completed=int(published),
         oldest_published_not_completed_age_s=_seconds_since(oldest_published, now),
         failed_deliveries={str(k): int(v) for k, v in failed.items()},
-        sla_running=int(running),
+        sla_running={str(k): int(v) for k, v in running.items()},
         sla_breached_open=int(breached),
         next_sla_deadlines=next_deadlines,
     )

@@ -166,8 +166,10 @@ async def test_queue_depth_rises_while_the_pool_is_stopped_and_failures_show(
     # not running yet, so they wait in its queue.
     processes.append(dramatiq_workers(service_env, [EVENTS_QUEUE]).start())
     user = auth(make_token("depth-user-1"))
-    for i in range(3):
-        await create_ticket(live_client, user, subject=f"Depth {i}")
+    tickets = [
+        await create_ticket(live_client, user, subject=f"Depth {i}", priority=priority)
+        for i, priority in enumerate(["normal", "normal", "urgent"])
+    ]
 
     def notifications_waiting() -> float:
         return value(scrape(signals_url), "helpdesk_queue_messages", queue=NOTIFICATIONS_QUEUE)
@@ -217,6 +219,13 @@ async def test_queue_depth_rises_while_the_pool_is_stopped_and_failures_show(
     assert {q["queue"]: q["waiting"] for q in report["queues"]}[NOTIFICATIONS_QUEUE] == 0
     assert report["processes"]["worker:notifications"] == 1
     assert report["processes"]["worker:sla"] == 0  # not started in this test
+    # The urgent ticket's first-response clock runs (SLA_URGENT_SECONDS: an hour).
+    assert report["sla"]["running"] == {"first_response": 1}
+    [deadline] = report["sla"]["next_deadlines"]
+    assert deadline["ticket_id"] == tickets[2]["id"] and deadline["target"] == "first_response"
+    clocks = scrape(signals_url)
+    assert value(clocks, "helpdesk_sla_clocks_running", target="first_response") == 1
+    assert value(clocks, "helpdesk_sla_breached_tickets") == 0
     screen = (
         await asyncio.to_thread(
             subprocess.run,

@@ -153,14 +153,17 @@ def _database_families(signals: DatabaseSignals) -> Iterator[GaugeMetricFamily]:
     for channel, count in sorted(signals.failed_deliveries.items()):
         failed.add_metric([channel], count)
     yield failed
-    yield gauge(
+    running = GaugeMetricFamily(
         "helpdesk_sla_clocks_running",
-        "Urgent tickets on the first-response clock.",
-        signals.sla_running,
+        "SLA clocks counting down (not paused, not breached yet), by target.",
+        labels=["target"],
     )
+    for target, count in sorted(signals.sla_running.items()):
+        running.add_metric([target], count)
+    yield running
     yield gauge(
         "helpdesk_sla_breached_tickets",
-        "Active tickets whose SLA deadline passed without a response (breaches not yet closed).",
+        "Active tickets whose first-response deadline passed unanswered (not yet closed).",
         signals.sla_breached_open,
     )
 
