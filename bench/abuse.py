@@ -1,23 +1,14 @@
 """Abuse suite: one misbehaving client must never hurt anyone else.
 
-Runs the real API server (``helpdesk serve``, Granian, 2 processes) on a random loopback port
-against a real PostgreSQL database and Redis, and attacks it one case at a time while a
-bystander (other, well-behaved users, ~30 requests/s of ticket lists and some creates, from a
-process of its own) is measured. Every case is bounded in count and time.
-
     uv run python -m bench.abuse                       # every case, full counts (~5 minutes)
     uv run python -m bench.abuse --quick               # every case, small counts (~1 minute)
     uv run python -m bench.abuse --case rate-limit --case bad-tokens
     uv run python -m bench.abuse --report-from bench/results/abuse.json
 
-For each case it records every answer (by status, or how the connection ended), the
-bystander's p50/p99 during the attack against a quiet baseline and every non-2xx it saw, that
-nothing was written half-way and tickets grew only by what 2xx answers said, that the server's
-memory, PostgreSQL and TCP connections came back to their baseline, that /readyz and new
-bystander requests answer afterwards, and every error line the server logged. A full run of
-every case writes the "Abuse" section of docs/reliability.md and bench/results/abuse.json
-(other runs: abuse-partial.json); it exits 1 when a case found a problem. ``make faults`` runs
-it after the fault scenarios; tests/test_abuse_live.py runs the quick version with assertions.
+The real API server is attacked one case at a time while a bystander (other users, from a
+process of its own) is measured; what each case records and checks: bench/README.md, "Abuse
+suite", and the section this writes in docs/reliability.md. ``make faults`` runs it after the
+fault scenarios; tests/test_abuse_live.py runs the quick version with assertions.
 """
 
 from __future__ import annotations

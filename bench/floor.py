@@ -1,17 +1,8 @@
-"""Ceilings: what this machine does for each part of the notification pipeline on its own.
+"""Ceilings: what this machine does for each part of the notification pipeline on its own
+(smtp: the workers' SMTP channel to the sink; dramatiq: a do-nothing actor, bench/floor_actor.py;
+transaction: SELECT 1 and a commit through a session and through psycopg alone).
 
     uv run python -m bench.floor [--emails 5000] [--messages 3000] [--transactions 2000]
-
-The pipeline benchmark measures the whole path; this one measures its parts with nothing else
-running, so a missed target can be told apart from a part that cannot go faster here:
-
-* smtp: the workers' own SMTP channel sending emails, 32 at a time, to the benchmarks' SMTP
-  sink (its own process). Emails/s, and CPU per email in the sender and in the sink.
-* dramatiq: a do-nothing async actor (bench/floor_actor.py) in one worker process (8 threads,
-  the worker pools' broker class and middleware, their default idle timeout), fed through a
-  private redis-server. CPU per message in the worker and in Redis.
-* transaction: ``SELECT 1`` and a commit through an AsyncSession as the workers use it, and
-  through psycopg alone. CPU per transaction in the client.
 
 Prints a table and writes JSON to bench/results/. See bench/PIPELINE.md ("Ceilings").
 """

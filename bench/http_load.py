@@ -5,34 +5,10 @@ floor app (bench/floor_app.py), one table per number of connections.
     uv run python -m bench.http_load -c 32 -d 3          # one concurrency, short runs
     uv run python -m bench.http_load --skip pgbench --skip floor --scenario create
     uv run python -m bench.http_load --server-env DB_POOL_SIZE=16
+    uv run python -m bench.http_load --service-dir ../before --service-dir .   # before/after
 
-For each concurrency, back to back: pgbench runs bench/pgbench_create.sql and pgbench_list.sql
-(prepared, as many clients as connections, or as many as PostgreSQL still accepts); then the
-floor app (Granian, ``--runtime-mode mt --loop uvloop --http 1``) and then the service
-(``helpdesk serve`` from the Procfile) each serve wrk. Every request carries one user's token;
-the service runs with every layer on: the token checked, the per-user rate limit counted in
-Redis (RATE_LIMIT_PER_MINUTE high enough never to refuse), the JSON access log, each new
-ticket's event published to Redis (no workers run: the messages are deleted before and after).
-
-* create: POST /v1/support/tickets with the contract's example body, user ``bench-create``.
-* list: GET /v1/support/tickets?page=1&per_page=20, user ``bench-list`` with 120 tickets, so
-  the page is full and the service counts them too.
-
-Before each measurement: ANALYZE, a wait for a quiet machine, a warm-up; a measurement that
-other processes disturbed is repeated (``--attempts``) and the least disturbed kept, marked *
-if it stayed disturbed. Each table gives req/s (tps), p50/p99 and the ratios service/floor,
-service/pgbench and floor/pgbench; the JSON in bench/results/ adds CPU per request by part.
-
-Before/after in one run: ``--service-dir PATH`` (repeatable) runs the service of another
-working tree with its own virtualenv (``make install`` there), e.g.
-
-    git worktree add ../before HEAD~3 && make -C ../before install
-    uv run python -m bench.http_load --service-dir ../before --service-dir .
-
-Each checkout gets its own database (``<database>_<dir name>``, migrated by its own code, its
-list user seeded through its own API); this checkout's service uses ``--database-url``, which
-pgbench and the floor use too. The rows of each table are then one per scenario and checkout.
-Needs wrk and pgbench (Debian: wrk, postgresql-client).
+What runs, how each figure is measured and how to read them: bench/README.md, "HTTP load
+benchmark". Needs wrk and pgbench (Debian: wrk, postgresql-client).
 """
 
 from __future__ import annotations

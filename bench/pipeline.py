@@ -1,19 +1,10 @@
-"""Pipeline benchmark: from a ticket's commit to the SMTP server accepting its email.
+"""Pipeline benchmark: from a ticket's commit to the SMTP server accepting its email
+(latency at a steady rate), and the drain rate of a backlog of notifications.
 
     uv run python -m bench.pipeline [--rate 200] [--tickets 2000] [--backlog 5000] ...
 
-Everything runs on 127.0.0.1, private to the run: its own database (migrated, emptied), its own
-redis-server, the SMTP sink in its own process, and the Procfile's services as ``make run``
-starts them (API, worker pools with their default -p/-t, scheduler).
-
-* latency: an open-loop generator creates tickets at a steady rate (one team address, Slack
-  off: one ticket, one email). Latency = the sink's accept time minus the event's
-  ``ticket_events.created_at`` (joined on the ``X-Helpdesk-Event`` header after the run).
-* drain: with the worker pools and the scheduler stopped the API creates a backlog (its events
-  wait in Redis); then they start with several team addresses and the benchmark measures
-  notifications/s until the sink has them all.
-
-Prints a table, writes JSON to bench/results/. See bench/PIPELINE.md.
+Everything runs on 127.0.0.1, private to the run (database, redis-server, SMTP sink, the
+Procfile's services). Prints a table, writes JSON to bench/results/. See bench/PIPELINE.md.
 """
 
 from __future__ import annotations

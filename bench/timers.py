@@ -3,20 +3,8 @@
     uv run python -m bench.timers [--timers 1000] [--tickets 100000] [--only sla|close] ...
 
 Its own database (migrated, emptied) and Redis database (flushed at the start and the end); the
-worker pools and the scheduler start from the Procfile lines with their default -p/-t.
-
-* SLA lateness: the pools and the scheduler run with ``SLA_URGENT_SECONDS`` short (45 s);
-  ``--timers`` urgent tickets are created with the ticket service evenly over
-  ``--spread-seconds`` (30 s), each event handed to the workers after its commit as the API
-  does, so every deadline falls within one minute. Lateness = ``sla_breached_at -
-  sla_due_at``. Slack is off; email too unless ``--smtp-sink``.
-* auto-close: ``--tickets`` tickets resolved longer ago than ``AUTO_CLOSE_SECONDS`` are loaded
-  with COPY (and 1,000 resolved too recently, which must stay resolved); the events and
-  maintenance pools start, ``close_resolved_tickets_due`` is sent once, and the benchmark times
-  how long until every due ticket is closed and every ``ticket.closed`` event dispatched, with
-  the peak memory of every worker process.
-
-Prints a table, writes JSON to bench/results/. See bench/TIMERS.md.
+worker pools and the scheduler start from the Procfile lines with their default -p/-t. Prints a
+table, writes JSON to bench/results/. See bench/TIMERS.md.
 """
 
 from __future__ import annotations
