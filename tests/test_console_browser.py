@@ -3,7 +3,8 @@
 The first tests check what the server sends (files, security headers, the development-only token
 route) in-process. The browser tests run Playwright against Chromium and a real API server
 process on the test database: users act through the JSON API, the agent through the console,
-and each side sees the other's work. They also write the README's screenshots to docs/img/.
+and each side sees the other's work. They also save screenshots of the queue and a ticket
+(test-artifacts/console/; CONSOLE_SCREENSHOTS=docs/img refreshes the README's).
 
 Chromium is the system's (``chromium``; .ci/run installs it). Without it these tests fail in CI
 (``CI=true``) and are skipped elsewhere, saying what to install.
@@ -38,7 +39,9 @@ from tests.processes import ROOT, ApiServer
 from tests.sinks import free_port
 from tests.tokens import TokenFactory, key_signer, new_rsa_key
 
-SCREENSHOTS = ROOT / "docs" / "img"
+# Every run saves the screenshots to test-artifacts/console/ (not tracked, so a test run leaves
+# the checkout clean); CONSOLE_SCREENSHOTS=docs/img refreshes the README's copies.
+SCREENSHOTS = ROOT / os.environ.get("CONSOLE_SCREENSHOTS", "test-artifacts/console")
 TOKEN_KEY = "helpdesk.console.token"
 XSS_SUBJECT = "<img src=x onerror=alert(1)>"
 SLA_URGENT_SECONDS = 2  # the live server's first-response deadline, short enough to pass
@@ -387,8 +390,10 @@ def test_user_text_is_shown_as_text_never_run(
 def test_an_urgent_ticket_past_its_sla_stands_out_as_breached(
     api: Api, context: Any, server: ApiServer, make_token: TokenFactory, clean_db: str
 ) -> None:
-    """Also the README's screenshots: a queue with a bit of everything, and a ticket."""
+    """Also the screenshots: a queue with a bit of everything, and a ticket."""
     from playwright.sync_api import expect
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
     late = api.create(
         "demo-user-3", "Checkout fails for every card", "Card payments fail.", "urgent"
