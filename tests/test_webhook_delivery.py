@@ -8,14 +8,20 @@ long (the team told) that an operator brings back."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from litestar.testing import AsyncTestClient
 from standardwebhooks import Webhook
 
@@ -84,6 +90,56 @@ async def test_redirects_are_not_followed(channel: WebhookChannel, receiver: Web
         await channel.post(receiver.url(), b"{}", {})
     assert [r.path for r in receiver.attempts()] == ["/hooks/helpdesk"]
     await channel.close()
+
+
+def self_signed(tmp_path: Path, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A certificate for ``name`` only: the receiver's context, and a client context trusting it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert_file, key_file)
+    return server, ssl.create_default_context(cafile=str(cert_file))
+
+
+async def test_https_goes_to_the_checked_address_with_the_name_for_tls(
+    settings: Settings, tmp_path: Path
+) -> None:
+    server_tls, trusted = self_signed(tmp_path, "localhost")
+    receiver = WebhookSink(tls=server_tls).start()
+    try:
+        channel = WebhookChannel(replace(settings, webhook_allow_private=True), tls=trusted)
+        # The request goes to the address "localhost" resolved to and was checked against;
+        # SNI, the certificate check and the Host header use the name.
+        await channel.post(receiver.url(host="localhost"), b"{}", {})
+        (request,) = receiver.attempts()
+        assert request.headers["host"] == f"localhost:{receiver.port}"
+        # The certificate names "localhost" only: by its address, the check fails.
+        with pytest.raises(TransientDeliveryError, match="unreachable"):
+            await channel.post(receiver.url(host="127.0.0.1"), b"{}", {})
+        await channel.close()
+    finally:
+        receiver.stop()
 
 
 async def test_a_hanging_receiver_times_out(channel: WebhookChannel, receiver: WebhookSink) -> None:

@@ -5,6 +5,7 @@ first (a slow receiver, or one that hangs past our timeout)."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ class WebhookRequest:
 
 
 class WebhookSink:
-    def __init__(self, default: Answer | None = None) -> None:
+    def __init__(self, default: Answer | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.requests: list[WebhookRequest] = []
         self.default = default or Answer()
         self._script: list[Answer] = []
@@ -82,14 +83,18 @@ class WebhookSink:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        self.scheme = "http"
+        if tls is not None:  # an https receiver (tls: a server context with its certificate)
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+            self.scheme = "https"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
     def port(self) -> int:
         return int(self.server.server_address[1])
 
-    def url(self, path: str = "/hooks/helpdesk") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    def url(self, path: str = "/hooks/helpdesk", host: str = "127.0.0.1") -> str:
+        return f"{self.scheme}://{host}:{self.port}{path}"
 
     def respond_next(self, *answers: Answer) -> None:
         with self._lock:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -123,7 +124,13 @@ class WebhookChannel:
     ``failing_since``; a failure sets it, and disables the endpoint once it is old enough.
     """
 
-    def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        tls: ssl.SSLContext | None = None,  # the certificates to trust (tests); default: system
+    ) -> None:
         self.settings = settings
         self.policy = UrlPolicy.of(settings)
         self.timeout_s = settings.webhook_timeout_s
@@ -131,7 +138,8 @@ class WebhookChannel:
         self.clock = clock
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
-        self._client: httpx.AsyncClient | None = None
+        self.tls = tls
+        self._clients: dict[str, httpx.AsyncClient] = {}
         self._breakers: dict[str, _Breaker] = {}
 
     def _db(self) -> async_sessionmaker[AsyncSession]:
@@ -141,14 +149,18 @@ class WebhookChannel:
             self._sessions = make_sessionmaker(self._engine)
         return self._sessions
 
-    def _http(self) -> httpx.AsyncClient:
-        if self._client is None:
-            self._client = httpx.AsyncClient(
+    def _http(self, host: str) -> httpx.AsyncClient:
+        """A client per host name: requests go to an address, and a pool keyed by address alone
+        would reuse one name's TLS connection (its SNI, its certificate) for another name."""
+        client = self._clients.get(host)
+        if client is None:
+            client = self._clients[host] = httpx.AsyncClient(
                 timeout=self.timeout_s,
                 follow_redirects=False,
                 trust_env=False,  # no proxy from the environment: we connect where we checked
+                verify=self.tls if self.tls is not None else True,
             )
-        return self._client
+        return client
 
     async def send(self, notice: Notice) -> None:
         async with self._db()() as session:
@@ -222,9 +234,9 @@ class WebhookChannel:
         breaker.resting_until = time.monotonic() + max(rest, retry_after or 0.0)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
         if self._engine is not None:
             await self._engine.dispose()
             self._engine = None
@@ -260,7 +272,7 @@ class WebhookChannel:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout_s):
-                async with self._http().stream(
+                async with self._http(host).stream(
                     "POST", pinned, content=body, headers=headers, extensions=extensions
                 ) as response:
                     answer = await _read_capped(response)
