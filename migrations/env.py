@@ -5,7 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from domain.models import Base
+import domain.webhooks  # noqa: F401  (its table, for autogenerate)
+from domain.models import Base  # the tickets' tables, the SLA clocks' too
 from domain.settings import load_settings, to_sqlalchemy_url
 
 config = context.config
