@@ -427,6 +427,16 @@ def service_env(
     return env | {key: str(value) for key, value in settings.items()}
 
 
+def mail_settings(sink_port: int, *team: str) -> dict[str, Any]:
+    """Email on, to the SMTP sink on ``sink_port``, the team being ``team`` (ADMIN_EMAILS)."""
+    return {
+        "SMTP_HOST": HOST,
+        "SMTP_PORT": sink_port,
+        "SMTP_FROM": "Support <support@helpdesk.test>",
+        "ADMIN_EMAILS": ",".join(team),
+    }
+
+
 def procfile(env: dict[str, str], root: Path = ROOT) -> dict[str, str]:
     """The Procfile's process types with ``${VAR:-default}`` expanded as the shell would."""
     lines = [

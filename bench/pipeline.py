@@ -37,6 +37,7 @@ from bench.common import (
     flush_redis,
     free_port,
     log_problems,
+    mail_settings,
     prepare_database,
     query,
     redis_url_of,
@@ -220,16 +221,8 @@ def start(
 ) -> tuple[Stack, Sink, Monitor]:
     """The sink, the API (and the worker pools and scheduler) and a monitor of them all."""
     sink = Sink.start(log_dir)
-    env = service_env(
-        args.database_url,
-        redis_url_of(redis),
-        PORT=free_port(),
-        SMTP_HOST=HOST,
-        SMTP_PORT=sink.port,
-        SMTP_FROM="Support <support@helpdesk.test>",
-        ADMIN_EMAILS=",".join(team),
-        **args.env,
-    )
+    mail = mail_settings(sink.port, *team)
+    env = service_env(args.database_url, redis_url_of(redis), PORT=free_port(), **mail, **args.env)
     stack = Stack(env, log_dir).start("web", *(POOLS if workers else ()))
     roots = {**stack.pids(), "sink": sink.service.pid, "redis": redis.pid}
     return stack, sink, Monitor(roots, args.database_url, loadgen_self=True)

@@ -37,6 +37,7 @@ from bench.common import (
     flush_redis,
     free_port,
     git_state,
+    mail_settings,
     md_table,
     newest_result,
     prepare_database,
@@ -100,14 +101,9 @@ def measure_memory(seconds: int = 15, connections: int = 32) -> dict[str, float]
     flush_redis(redis_url)
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         sink = Sink.start(tmp_path := Path(tmp))
+        mail = mail_settings(sink.port, "team@bench.test")
         env = service_env(
-            database_url,
-            redis_url,
-            PORT=free_port(),
-            SMTP_HOST="127.0.0.1",
-            SMTP_PORT=sink.port,
-            ADMIN_EMAILS="team@bench.test",
-            NOTIFICATION_PROCESSES=1,
+            database_url, redis_url, PORT=free_port(), NOTIFICATION_PROCESSES=1, **mail
         )
         stack = Stack(env, tmp_path)
         try:

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
-    HOST,
     RESULTS_DIR,
     ROOT,
     Monitor,
@@ -31,6 +30,7 @@ from bench.common import (
     cpu_line,
     flush_redis,
     log_problems,
+    mail_settings,
     prepare_database,
     procfile,
     query,
@@ -141,8 +141,7 @@ def measure_sla(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     extra: dict[str, Any] = {"SLA_URGENT_SECONDS": args.sla_seconds}
     sink = Sink.start(log_dir) if args.smtp_sink else None
     if sink:
-        extra |= {"SMTP_HOST": HOST, "SMTP_PORT": sink.port, "ADMIN_EMAILS": "team@support.test"}
-        extra["SMTP_FROM"] = "Support <support@helpdesk.test>"
+        extra |= mail_settings(sink.port, "team@support.test")
     env = service_env(args.database_url, args.redis_url, **extra)
     # dramatiq_worker_timeout: how long an idle consumer may sleep between fetches.
     timeout = {"dramatiq_worker_timeout": str(args.sla_worker_timeout_ms)}
