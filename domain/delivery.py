@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol, cast
@@ -107,7 +107,7 @@ _LOAD_EVENT = (
     .with_for_update(of=TicketEvent)
     .execution_options(populate_existing=True)  # the locked row as it is now
 )
-_PENDING_OF_EVENT = select(_deliveries.c.id).where(
+_PENDING_OF_EVENT = select(_deliveries.c.id, _deliveries.c.channel).where(
     _deliveries.c.event_id == bindparam("event_id"), _deliveries.c.status == LedgerStatus.PENDING
 )
 # New ledger rows and the ones still pending, in one statement and so one snapshot. Only the
@@ -132,11 +132,11 @@ _INSERT_AND_LIST_PENDING = text(
             SELECT 1 FROM existing e WHERE e.channel = r.channel AND e.recipient = r.recipient
         )
         ON CONFLICT (event_id, channel, recipient) DO NOTHING
-        RETURNING id
+        RETURNING id, channel
     )
-    SELECT id FROM inserted
+    SELECT id, channel FROM inserted
     UNION ALL
-    SELECT id FROM existing WHERE status = 'pending'
+    SELECT id, channel FROM existing WHERE status = 'pending'
     """
 )
 # The rows of a batch, locked, each with its event, ticket and message. Rows another worker holds
@@ -204,6 +204,15 @@ _COMPLETE_EVENT = (
 class DeliveryPlan:
     pending: list[str]  # ledger rows still to send
     event: TicketEvent | None  # None when the event no longer exists
+    channels: list[str] = field(default_factory=list)  # each pending row's channel, in order
+
+    def pending_for(self, *, webhooks: bool) -> list[str]:
+        """The pending rows of the webhook channel (its own pool), or of the others."""
+        return [
+            i
+            for i, c in zip(self.pending, self.channels, strict=True)
+            if (c == WEBHOOK) == webhooks
+        ]
 
 
 async def plan_deliveries(
@@ -245,12 +254,12 @@ async def plan_deliveries(
             "channels": [r.channel for r in recipients],
             "recipients": [r.address for r in recipients],
         }
-        pending = (await session.scalars(_INSERT_AND_LIST_PENDING, params)).all()
+        pending = (await session.execute(_INSERT_AND_LIST_PENDING, params)).all()
     else:
-        pending = (await session.scalars(_PENDING_OF_EVENT, {"event_id": event.id})).all()
+        pending = (await session.execute(_PENDING_OF_EVENT, {"event_id": event.id})).all()
     if not pending:
         event.completed_at = now
-    return DeliveryPlan(list(pending), event)
+    return DeliveryPlan([row[0] for row in pending], event, [row[1] for row in pending])
 
 
 async def deliver_batch(

@@ -26,13 +26,24 @@ SLA_QUEUE = "sla"
 # The SLA backstop sweep has a queue of its own (consumed by the sla pool too): a burst of due
 # wake-ups on the sla queue would otherwise hold it back, and it breaches them in batches.
 SLA_SWEEP_QUEUE = "sla_sweeps"
-ALL_QUEUES = (EVENTS_QUEUE, NOTIFICATIONS_QUEUE, MAINTENANCE_QUEUE, SLA_QUEUE, SLA_SWEEP_QUEUE)
+# Webhook deliveries have their own queue and pool: a host app's receiver that hangs or fails
+# holds up only its own deliveries, never the team's emails and Slack messages.
+WEBHOOKS_QUEUE = "webhooks"
+ALL_QUEUES = (
+    EVENTS_QUEUE,
+    NOTIFICATIONS_QUEUE,
+    WEBHOOKS_QUEUE,
+    MAINTENANCE_QUEUE,
+    SLA_QUEUE,
+    SLA_SWEEP_QUEUE,
+)
 DISPATCH_ACTOR = "dispatch_events"  # on EVENTS_QUEUE; its one argument: a list of event ids
 # Events per dispatch message at most. Under load the publishers send what has piled up in
 # batches: a queue hop (enqueue, fetch, ack) and a transaction per event cost more CPU than
 # planning the event itself. When idle a batch is one event, so nothing waits to fill one.
 DISPATCH_BATCH = 20
 DELIVER_ACTOR = "deliver_notifications"  # on NOTIFICATIONS_QUEUE
+DELIVER_WEBHOOKS_ACTOR = "deliver_webhooks"  # on WEBHOOKS_QUEUE
 SLA_CHECK_ACTOR = "check_sla_deadline"  # on SLA_QUEUE
 
 

@@ -17,6 +17,7 @@ from domain.outbox import (
     NOTIFICATIONS_QUEUE,
     SLA_QUEUE,
     SLA_SWEEP_QUEUE,
+    WEBHOOKS_QUEUE,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 POOL_MODULES = {
     EVENTS_QUEUE: "workers.events",
     NOTIFICATIONS_QUEUE: "workers.notifications",
+    WEBHOOKS_QUEUE: "workers.webhooks",
     SLA_QUEUE: "workers.sla",
     SLA_SWEEP_QUEUE: "workers.sla",
     MAINTENANCE_QUEUE: "workers.maintenance",

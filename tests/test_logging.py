@@ -129,10 +129,11 @@ def test_a_channel_left_unconfigured_is_said_once_at_start_up(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Email configured, Slack not: Slack is skipped quietly, with one line at start-up that
-    says why (who reads the logs learns it once, not per notification)."""
+    says why (who reads the logs learns it once, not per notification). Webhooks are always on
+    (the registered endpoints say who gets what)."""
     configure_logging(settings)
     channels = configured_channels(replace(settings, smtp_host="mail.test"))
-    assert set(channels) == {"email"}
+    assert set(channels) == {"email", "webhook"}
     disabled = [
         line for line in json_lines(capsys.readouterr().err) if line["event"] == "channel.disabled"
     ]

@@ -146,7 +146,7 @@ def test_prometheus_scrapes_every_process_kind_on_its_port() -> None:
         for name, service in services.items()
         if isinstance(service.get("command"), list) and service["command"][0] == "dramatiq"
     }
-    assert pools == {"events", "notifications", "sla", "maintenance"}
+    assert pools == {"events", "notifications", "webhooks", "sla", "maintenance"}
     for pool in pools:
         assert targets[pool] == int(services[pool]["environment"]["dramatiq_prom_port"]), pool
     exporter = services["exporter"]["command"]

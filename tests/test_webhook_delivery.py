@@ -36,6 +36,7 @@ from domain.delivery import (
 )
 from domain.ids import utcnow
 from domain.notifications import WEBHOOK
+from domain.outbox import WEBHOOKS_QUEUE
 from domain.settings import Settings, load_settings
 from domain.webhooks import create_endpoint, record_failure, record_success
 from tests.conftest import QUEUES, TEAM, TokenFactory, auth, create_ticket
@@ -521,6 +522,35 @@ async def test_a_hanging_receiver_holds_no_email_up(
     assert "did not answer" in last_error or "rests" in last_error
     assert len(receiver.attempts()) == 3
     assert len(smtp_sink.received) == len(TEAM)  # the email rows were not sent again
+
+
+@pytest.mark.slow
+async def test_webhooks_have_their_own_pool_so_emails_never_wait_for_it(
+    api: AsyncTestClient[Any],
+    webhook_env: dict[str, str],
+    processes: list[ServiceProcess],
+    receiver: WebhookSink,
+    smtp_sink: SmtpSink,
+    admin_headers: dict[str, str],
+    make_token: TokenFactory,
+    redis_client: Any,
+) -> None:
+    """With the webhooks pool down (or every one of its threads stuck on receivers), the team's
+    emails still go out: the webhook rows wait in their own queue and arrive, once, when the
+    pool runs."""
+    await register(api, admin_headers, receiver.url())
+    others = [q for q in QUEUES if q != WEBHOOKS_QUEUE]
+    processes.append(dramatiq_workers(webhook_env, others).start())
+    for i in range(3):
+        await create_ticket(api, auth(make_token("user-1")), subject=f"Isolated {i}")
+    assert await eventually(lambda: len(smtp_sink.received) == 3 * len(TEAM), within_s=20)
+    assert receiver.attempts() == []
+    assert redis_client.llen(f"dramatiq:{WEBHOOKS_QUEUE}") >= 1
+    processes.append(dramatiq_workers(webhook_env, [WEBHOOKS_QUEUE]).start())
+    assert await eventually(lambda: len(receiver.delivered()) == 3, within_s=20)
+    await asyncio.sleep(1)  # nothing more comes
+    assert len(receiver.attempts()) == 3
+    assert len(smtp_sink.received) == 3 * len(TEAM)
 
 
 @pytest.mark.slow

@@ -11,11 +11,13 @@ import dramatiq
 from domain.delivery import plan_deliveries
 from domain.outbox import (
     DELIVER_ACTOR,
+    DELIVER_WEBHOOKS_ACTOR,
     DISPATCH_ACTOR,
     EVENTS_QUEUE,
     NOTIFICATIONS_QUEUE,
     SLA_CHECK_ACTOR,
     SLA_QUEUE,
+    WEBHOOKS_QUEUE,
 )
 from domain.timers import sla_wakeup_delay
 from workers.broker import send_by_name
@@ -44,11 +46,15 @@ async def dispatch_events(event_ids: list[str]) -> None:
             for event_id in sorted(set(event_ids))
         ]
         await session.commit()
-    pending = [row for plan in plans for row in plan.pending]
     # One message per batch of recipients, not per recipient or per event: a Dramatiq hop and a
-    # transaction per email cost more CPU than the email itself.
-    for start in range(0, len(pending), DELIVERY_BATCH):
-        send_by_name(NOTIFICATIONS_QUEUE, DELIVER_ACTOR, pending[start : start + DELIVERY_BATCH])
+    # transaction per email cost more CPU than the email itself. Webhooks go to their own pool.
+    for queue, actor, webhooks in (
+        (NOTIFICATIONS_QUEUE, DELIVER_ACTOR, False),
+        (WEBHOOKS_QUEUE, DELIVER_WEBHOOKS_ACTOR, True),
+    ):
+        pending = [row for plan in plans for row in plan.pending_for(webhooks=webhooks)]
+        for start in range(0, len(pending), DELIVERY_BATCH):
+            send_by_name(queue, actor, pending[start : start + DELIVERY_BATCH])
     for plan in plans:
         event = plan.event
         wakeup = sla_wakeup_delay(event.type, event.payload or {}, now) if event else None

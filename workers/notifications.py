@@ -1,4 +1,5 @@
-"""The notifications pool: sends the emails and Slack messages of the ledger's pending rows.
+"""The notifications pool: sends the emails and Slack messages of the ledger's pending rows
+(webhooks have their own pool, workers/webhooks.py).
 
 Run: ``dramatiq workers.notifications --queues notifications``. A message may arrive twice
 (at-least-once delivery); the ledger skips what is already sent.
@@ -8,11 +9,9 @@ from __future__ import annotations
 
 import dramatiq
 
-from domain.delivery import Outcome, deliver_batch
 from domain.outbox import DELIVER_ACTOR, NOTIFICATIONS_QUEUE
 from workers.broker import broker  # noqa: F401  (the broker and its middleware, before any actor)
-from workers.metrics import count_deliveries
-from workers.runtime import runtime
+from workers.delivering import deliver_rows
 
 
 @dramatiq.actor(
@@ -31,13 +30,4 @@ async def deliver_notifications(delivery_ids: list[str]) -> None:
 
     A retry runs the whole message again: the rows already sent or failed are skipped.
     """
-    rt = runtime()
-    async with rt.sessionmaker() as session:
-        results = await deliver_batch(session, delivery_ids, rt.delivery, rt.clock())
-        await session.commit()
-    count_deliveries(results)
-    retries = [r for r in results if r.outcome is Outcome.RETRY]
-    if retries:
-        waits = [r.retry_after_s for r in retries if r.retry_after_s is not None]
-        delay_ms = int(max(waits) * 1000) if waits else None
-        raise dramatiq.Retry(retries[0].error or "transient delivery failure", delay=delay_ms)
+    await deliver_rows(delivery_ids)
