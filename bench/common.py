@@ -44,7 +44,6 @@ TICKET = {  # the API contract's example request
     "category": "billing",
     "priority": "high",
 }
-POOLS = ("events", "notifications", "sla", "maintenance", "scheduler")  # Procfile lines
 # The developer's settings that must not reach the services: they would send mail, call Slack,
 # check tokens with another key or use other data.
 _FOREIGN = re.compile(r"(SMTP|SLACK|JWT|ADMIN|REDIS|DATABASE|SLA|AUTO_CLOSE|OUTBOX|HELPDESK)_")
@@ -448,6 +447,10 @@ def procfile(env: dict[str, str], root: Path = ROOT) -> dict[str, str]:
         for name, command in lines
         if not name.lstrip().startswith("#")
     }
+
+
+# The Procfile's worker pools and the scheduler: every process type but the API and the exporter.
+POOLS = tuple(name for name in procfile({}) if name not in ("web", "exporter"))
 
 
 def procfile_service(
