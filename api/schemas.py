@@ -94,6 +94,8 @@ class AdminTicketSummary(TicketSummary):
     sla_due_at: str | None
     sla_breached: bool
     sla_breached_at: str | None
+    # When an agent first replied (the first-response target met then, unless breached before).
+    first_response_at: str | None
 
 
 class SlaClockOut(msgspec.Struct):
@@ -193,6 +195,9 @@ def _admin_fields(ticket: TicketRow) -> dict[str, Any]:
         "sla_due_at": isoformat_z(ticket.sla_due_at) if ticket.sla_due_at else None,
         "sla_breached": ticket.sla_breached_at is not None,
         "sla_breached_at": isoformat_z(ticket.sla_breached_at) if ticket.sla_breached_at else None,
+        "first_response_at": (
+            isoformat_z(ticket.first_admin_reply_at) if ticket.first_admin_reply_at else None
+        ),
     }
 
 

@@ -83,6 +83,7 @@ class TicketRow(Protocol):
     updated_at: datetime
     sla_due_at: datetime | None
     sla_breached_at: datetime | None
+    first_admin_reply_at: datetime | None
 
 
 @dataclass(frozen=True)

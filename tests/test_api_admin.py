@@ -13,6 +13,7 @@ from tests.conftest import ADMIN_URL, ULID, USER_URL, Clock, create_ticket, iso
 
 SUMMARY_KEYS = {"id", "subject", "status", "priority", "category", "assignee_id", "created_at"}
 SUMMARY_KEYS |= {"updated_at", "user_id", "sla_due_at", "sla_breached", "sla_breached_at"}
+SUMMARY_KEYS |= {"first_response_at"}
 TICKET_KEYS = SUMMARY_KEYS | {"messages", "sla"}  # sla: each SLA target's clock (admin only)
 USER_TICKET_KEYS = {"id", "subject", "status", "priority", "category", "assignee_id"}
 USER_TICKET_KEYS |= {"created_at", "updated_at", "messages"}
@@ -90,6 +91,7 @@ async def test_get_one_ticket_with_messages(
         "sla_due_at": None,  # not urgent: no first-response clock
         "sla_breached": False,
         "sla_breached_at": None,
+        "first_response_at": at,  # the agent's reply above
         "messages": [created["messages"][0], reply.json()],
         "sla": [],  # not urgent: no clock under the default policy
     }

@@ -55,8 +55,7 @@ export function localTime(iso) {
 }
 
 // The SLA state of a queue row: {kind, text}. kind is one of none, due, soon, breached, met.
-// The list does not say whether an agent already answered, so a deadline still ahead reads
-// "due in" even when it was met early; the ticket view, which has the messages, is exact.
+// A first response before the deadline (first_response_at) met it.
 export function queueSla(ticket, now) {
   if (ticket.sla_breached) {
     const at = parseTime(ticket.sla_breached_at);
@@ -64,6 +63,7 @@ export function queueSla(ticket, now) {
   }
   const due = parseTime(ticket.sla_due_at);
   if (Number.isNaN(due)) return { kind: "none", text: "none" };
+  if (ticket.first_response_at) return { kind: "met", text: "met" };
   // Resolving or closing an unanswered ticket drops its deadline (domain/models.py, _replan_sla):
   // one that kept it was answered first.
   if (ticket.status === "resolved" || ticket.status === "closed") return { kind: "met", text: "met" };
