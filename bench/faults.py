@@ -39,8 +39,11 @@ from bench.common import (
     dev_tokens,
     flush_redis,
     free_port,
+    mail_settings,
     md_table,
+    percentile,
     prepare_database,
+    query,
     redis_url_of,
     service_env,
     start_redis,
@@ -83,13 +86,10 @@ def start_stack(
         database_url,
         redis_url,
         PORT=free_port(),
-        SMTP_HOST="127.0.0.1",
-        SMTP_PORT=sink.port,
-        ADMIN_EMAILS=TEAM_ADDRESS,
         NOTIFICATION_PROCESSES=1,
         OUTBOX_SWEEP_INTERVAL_SECONDS=1,
         OUTBOX_REPUBLISH_AFTER_SECONDS=REPUBLISH_AFTER_S,
-        **settings,
+        **mail_settings(sink.port, TEAM_ADDRESS) | settings,
     )
     return Stack(env, log_dir).start("web", *POOLS, web_args=["--workers", "1"])
 
@@ -159,8 +159,7 @@ def count(
 
 
 def ledger_note(url: str) -> str:
-    with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT status, count(*) FROM deliveries GROUP BY status").fetchall()
+    rows = query(url, "SELECT status, count(*) FROM deliveries GROUP BY status")
     return f"delivery ledger at the end of the run: {dict(rows)}"
 
 
@@ -295,17 +294,9 @@ def register_endpoint(database_url: str, url: str) -> None:
         )
 
 
-def percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
-
-
 def email_delays(database_url: str, sink: SmtpSink) -> list[tuple[float, float]]:
     """(commit time, seconds from the commit to the email's arrival) of each ticket's email."""
-    with psycopg.connect(database_url) as conn:
-        created: dict[str, datetime] = dict(
-            conn.execute("SELECT id, created_at FROM tickets").fetchall()
-        )
+    created: dict[str, datetime] = dict(query(database_url, "SELECT id, created_at FROM tickets"))
     return [
         (created[ticket].timestamp(), m.received_at - created[ticket].timestamp())
         for m in list(sink.received)
@@ -314,9 +305,10 @@ def email_delays(database_url: str, sink: SmtpSink) -> list[tuple[float, float]]
 
 
 def delay_summary(delays: list[float]) -> str:
+    ordered = sorted(delays) or [0.0]
     return (
-        f"p50 {percentile(delays, 0.5):.2f} s, p99 {percentile(delays, 0.99):.2f} s, "
-        f"max {max(delays, default=0.0):.2f} s"
+        f"p50 {percentile(ordered, 50):.2f} s, p99 {percentile(ordered, 99):.2f} s, "
+        f"max {ordered[-1]:.2f} s"
     )
 
 
@@ -365,10 +357,8 @@ async def hostile_webhook_receiver(rate: float, log_dir: Path, hostile: bool = T
         await asyncio.to_thread(wait_for, lambda: created <= set(arrived()), timeout=240)
         await asyncio.sleep(3)  # late duplicates
         got = arrived()
-        with psycopg.connect(SHARED_DB) as conn:
-            rows = conn.execute(
-                "SELECT status, count(*) FROM deliveries WHERE channel = 'webhook' GROUP BY status"
-            ).fetchall()
+        sql = "SELECT status, count(*) FROM deliveries WHERE channel = 'webhook' GROUP BY status"
+        rows = query(SHARED_DB, sql)
         delays = email_delays(SHARED_DB, sink)
         # The receiver's phases, by the second of the run the ticket was written in.
         phases = [("503", 0, 10), ("hanging", 10, 20), ("slow", 20, 30), ("prompt", 30, 99)]
