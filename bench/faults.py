@@ -371,7 +371,7 @@ async def hostile_webhook_receiver(rate: float, log_dir: Path, hostile: bool = T
             f"{len(created - set(got))} missing, {sum(n - 1 for n in got.values() if n > 1)} "
             f"duplicated, after {len(receiver.attempts())} requests to the receiver; ledger rows "
             f"(channel webhook) by status: {dict(rows)}",
-            "emails alongside (the same ledger and pool), commit -> SMTP: "
+            "emails alongside (the same ledger, their own pool), commit -> SMTP: "
             + delay_summary([d for _, d in delays])
             + (f"; by the receiver's phase: {'; '.join(by_phase)}" if by_phase else ""),
         ]
