@@ -22,7 +22,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.auth import InvalidToken
-from api.metrics import AUTH_FAILURES
+from api.metrics import AUTH_FAILURES, record_unrouted
 from api.request_log import note_refusal_reason
 from api.schemas import ErrorBody, ErrorDetail, ErrorResponse
 from domain.errors import Conflict, NotFound
@@ -106,6 +106,8 @@ def on_http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Respon
         return error_response(
             HTTP_400_BAD_REQUEST, "bad_request", "malformed request: the body ended early"
         )
+    if "path_template" not in request.scope:
+        record_unrouted(request.scope.get("method", ""), exc.status_code)
     code = _CODES.get(exc.status_code, "error")
     headers = dict(exc.headers or {})
     if exc.status_code == HTTP_401_UNAUTHORIZED:

@@ -88,6 +88,14 @@ def record_request(route: str, method: str, status: int, seconds: float) -> None
     histogram.observe(seconds)
 
 
+def record_unrouted(method: str, status: int) -> None:
+    """A request that matched no route (404, or 405 for a method the path lacks): Litestar runs
+    middleware per route, so the access middleware never saw it; counted here, without timing,
+    under the one label value ``unmatched`` (scanners send thousands of different paths)."""
+    method = method if method in _METHODS else "other"
+    REQUESTS.labels(UNMATCHED, method, str(status)).inc()
+
+
 def prepare_multiprocess_dir(path: Path) -> None:
     """An empty directory for this server run's samples, named in the environment the
     server's workers inherit. Emptied on every start: samples of a previous run's processes

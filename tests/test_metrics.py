@@ -114,6 +114,8 @@ def test_counters_move_for_a_ticket_and_its_emails_across_processes(
         assert http.get(USER_URL, headers=auth(expired)).status_code == 401
         missing = http.get(f"{USER_URL}/{created[0][:-1]}0", headers=user)
         assert missing.status_code == 404
+        for probe in ("/wp-login.php", f"/v1/nothing/{created[0]}", "/.env"):
+            assert http.get(probe).status_code == 404
 
     api_samples = scrape(f"{api.base_url}/metrics")
     post = {"route": USER_URL, "method": "POST"}
@@ -121,6 +123,8 @@ def test_counters_move_for_a_ticket_and_its_emails_across_processes(
     one = {"route": USER_URL + "/{ticket_id}", "method": "GET"}
     assert value(api_samples, "helpdesk_http_requests_total", status="200", **one) == tickets
     assert value(api_samples, "helpdesk_http_requests_total", status="404", **one) == 1
+    unmatched = {"route": "unmatched", "method": "GET", "status": "404"}
+    assert value(api_samples, "helpdesk_http_requests_total", **unmatched) == 3
     assert value(api_samples, "helpdesk_http_request_duration_seconds_count", **post) == tickets
     assert value(api_samples, "helpdesk_auth_failures_total", reason="missing") == 1
     assert value(api_samples, "helpdesk_auth_failures_total", reason="malformed") == 1
