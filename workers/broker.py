@@ -72,7 +72,11 @@ class WorkerRuntime(Middleware):
         ignore_repeated_sigterm()
         runtime.start(self.settings)
 
-    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+    # After shutdown, not before: Dramatiq emits before_worker_shutdown while the worker's
+    # threads still finish their messages, which then found no runtime (sweeps logging errors at
+    # every stop). after_* hooks run in reverse order, so this one runs while the AsyncIO
+    # middleware's event loop (listed before this one) is still up.
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         loop_thread = get_event_loop_thread()
         if loop_thread is not None:
             loop_thread.run_coroutine(runtime.stop())
