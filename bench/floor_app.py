@@ -44,7 +44,14 @@ INSERT_CREATED = f"""WITH new_ticket AS (INSERT INTO tickets ({TICKET_COLUMNS}) 
 %(t_assignee_id)s, %(t_created_at)s, %(t_updated_at)s, %(t_resolved_at)s, %(t_closed_at)s,
 %(t_first_admin_reply_at)s, %(t_sla_due_at)s, %(t_sla_breached_at)s)), new_message AS (INSERT INTO
 messages (id, ticket_id, author_id, is_admin, body, created_at) VALUES (%(m_id)s, %(m_ticket_id)s,
-%(m_author_id)s, %(m_is_admin)s, %(m_body)s, %(m_created_at)s))
+%(m_author_id)s, %(m_is_admin)s, %(m_body)s, %(m_created_at)s)), new_clocks AS (INSERT INTO
+sla_clocks (ticket_id, target, state, generation, started_at, allowed_s, due_at, warn_at, policy)
+SELECT %(t_id)s, c.target, c.state, c.generation, c.started_at, c.allowed_s, c.due_at, c.warn_at,
+c.policy FROM unnest(CAST(%(c_targets)s AS varchar[]), CAST(%(c_states)s AS varchar[]),
+CAST(%(c_generations)s AS integer[]), CAST(%(c_started_at)s AS timestamptz[]),
+CAST(%(c_allowed_s)s AS double precision[]), CAST(%(c_due_at)s AS timestamptz[]),
+CAST(%(c_warn_at)s AS timestamptz[]), CAST(%(c_policies)s AS varchar[]))
+AS c (target, state, generation, started_at, allowed_s, due_at, warn_at, policy))
 INSERT INTO ticket_events
   (id, ticket_id, type, actor_id, actor_is_admin, payload, request_id, created_at, publish_count)
 SELECT e.id, e.ticket_id, e.type, e.actor_id, e.actor_is_admin, e.payload, %(e_request_id)s,
@@ -106,6 +113,19 @@ class TicketList(msgspec.Struct):
     success: bool = True
 
 
+# The parameters of the clocks CTE (domain/ticket_sql.py), one array each.
+CLOCK_ARRAYS = [
+    "targets",
+    "states",
+    "generations",
+    "started_at",
+    "allowed_s",
+    "due_at",
+    "warn_at",
+    "policies",
+]
+
+
 def zulu(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -124,6 +144,9 @@ def create_params(data: CreateTicket, user: str) -> dict[str, Any]:
     return {
         **{f"t_{k}": v for k, v in ticket.items()},
         **{f"m_{k}": v for k, v in message.items()},
+        # A normal ticket has no SLA clock under the default policy: the CTE inserts none,
+        # as the service's does for these tickets.
+        **{f"c_{name}": [] for name in CLOCK_ARRAYS},
         "e_request_id": str(ULID()),
         "e_ids": [str(ULID())],
         "e_ticket_ids": [t_id],

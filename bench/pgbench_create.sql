@@ -17,7 +17,15 @@ WITH new_ticket AS (INSERT INTO tickets (id, user_id, requester_email, subject, 
 new_message AS (INSERT INTO messages (id, ticket_id, author_id, is_admin, body, created_at)
   VALUES (lpad((extract(epoch FROM now()) * 1000000)::bigint::text, 16, '0') || lpad(:m::text, 10, '0'),
     lpad((extract(epoch FROM now()) * 1000000)::bigint::text, 16, '0') || lpad(:t::text, 10, '0'),
-    :user, false, :body, now()))
+    :user, false, :body, now())),
+new_clocks AS (INSERT INTO sla_clocks (ticket_id, target, state, generation, started_at,
+    allowed_s, due_at, warn_at, policy)
+  SELECT lpad((extract(epoch FROM now()) * 1000000)::bigint::text, 16, '0') || lpad(:t::text, 10, '0'),
+    c.target, c.state, c.generation, c.started_at, c.allowed_s, c.due_at, c.warn_at, c.policy
+  FROM unnest(CAST('{}' AS varchar[]), CAST('{}' AS varchar[]), CAST('{}' AS integer[]),
+    CAST('{}' AS timestamptz[]), CAST('{}' AS double precision[]), CAST('{}' AS timestamptz[]),
+    CAST('{}' AS timestamptz[]), CAST('{}' AS varchar[]))
+    AS c (target, state, generation, started_at, allowed_s, due_at, warn_at, policy))
 INSERT INTO ticket_events (id, ticket_id, type, actor_id, actor_is_admin, payload, request_id,
     created_at, publish_count)
 SELECT e.id, e.ticket_id, e.type, e.actor_id, e.actor_is_admin, e.payload,
