@@ -44,28 +44,31 @@ class DatabaseSignals:
 
 
 def queue_depths(client: Any, now_ms: int) -> list[QueueDepth]:
-    """Depths of every queue, read in one pipelined round trip plus one per non-empty queue."""
+    """Depths of every queue and the age of each one's next message, in two pipelined round
+    trips (the lengths and heads, then the heads' messages)."""
     pipe = client.pipeline(transaction=False)
     for queue in ALL_QUEUES:
         pipe.llen(f"{NAMESPACE}:{queue}")
         pipe.llen(f"{NAMESPACE}:{queue}.DQ")
         pipe.lindex(f"{NAMESPACE}:{queue}", 0)  # the head: the next message a worker takes
     answers = pipe.execute()
-    depths = []
-    for i, queue in enumerate(ALL_QUEUES):
-        waiting, delayed, head = answers[3 * i : 3 * i + 3]
-        depths.append(
-            QueueDepth(queue, int(waiting), int(delayed), _age_s(client, queue, head, now_ms))
+    heads = answers[2::3]
+    pipe = client.pipeline(transaction=False)
+    for queue, head in zip(ALL_QUEUES, heads, strict=True):
+        # A message taken between the two reads is simply not found (no age).
+        pipe.hget(f"{NAMESPACE}:{queue}.msgs", head or "")
+    messages = pipe.execute()
+    return [
+        QueueDepth(queue, int(waiting), int(delayed), _age_s(raw, now_ms))
+        for queue, waiting, delayed, raw in zip(
+            ALL_QUEUES, answers[0::3], answers[1::3], messages, strict=True
         )
-    return depths
+    ]
 
 
-def _age_s(client: Any, queue: str, head: bytes | None, now_ms: int) -> float | None:
-    if head is None:
-        return None
-    raw = client.hget(f"{NAMESPACE}:{queue}.msgs", head)
+def _age_s(raw: bytes | None, now_ms: int) -> float | None:
     if raw is None:
-        return None  # taken between the two reads
+        return None
     try:
         enqueued_ms = int(json.loads(raw)["message_timestamp"])
     except (ValueError, KeyError, TypeError):

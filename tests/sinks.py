@@ -11,7 +11,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.message import Message
@@ -184,3 +184,13 @@ async def eventually(
             return True
         await asyncio.sleep(interval)
     return condition()
+
+
+async def until(condition: Callable[[], Awaitable[bool]], within_s: float) -> bool:
+    """Poll an asynchronous condition (one that asks the API) until it holds or time is up."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if await condition():
+            return True
+        await asyncio.sleep(0.1)
+    return await condition()

@@ -4,9 +4,6 @@ ticket's audit trail shows the change, the retry and who was told."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -15,19 +12,9 @@ from litestar.testing import AsyncTestClient
 
 from tests.conftest import ADMIN_URL, MISSING_ID, QUEUES, TEAM, TokenFactory, auth, create_ticket
 from tests.processes import ServiceProcess, dramatiq_workers
-from tests.sinks import HttpSink, SmtpSink, eventually
+from tests.sinks import HttpSink, SmtpSink, eventually, until
 
 DELIVERIES_URL = "/v1/admin/support/deliveries"
-
-
-async def until(condition: Callable[[], Awaitable[bool]], within_s: float) -> bool:
-    """Poll an asynchronous condition (one that asks the API) until it holds or time is up."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if await condition():
-            return True
-        await asyncio.sleep(0.1)
-    return await condition()
 
 
 async def listed(client: AsyncTestClient[Any], headers: dict[str, str], **query: str) -> Any:

@@ -10,18 +10,15 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from litestar.testing import AsyncTestClient
 from standardwebhooks import Webhook
 
@@ -42,7 +39,8 @@ from domain.webhooks import create_endpoint, record_failure, record_success
 from tests.conftest import QUEUES, TEAM, TokenFactory, auth, create_ticket
 from tests.notices import sample_notice
 from tests.processes import ServiceProcess, dramatiq_workers, scheduler
-from tests.sinks import HttpSink, SmtpSink, eventually
+from tests.sinks import HttpSink, SmtpSink, eventually, until
+from tests.tls import write_self_signed
 from tests.webhook_sink import Answer, WebhookSink
 from workers.channels.webhook import MAX_RESPONSE_BYTES, WebhookChannel
 
@@ -95,29 +93,7 @@ async def test_redirects_are_not_followed(channel: WebhookChannel, receiver: Web
 
 def self_signed(tmp_path: Path, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A certificate for ``name`` only: the receiver's context, and a client context trusting it."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_file, key_file = write_self_signed(tmp_path, name, x509.DNSName(name))
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server.load_cert_chain(cert_file, key_file)
     return server, ssl.create_default_context(cafile=str(cert_file))
@@ -355,16 +331,6 @@ async def register(
     assert response.status_code == 201, response.text
     created: dict[str, Any] = response.json()
     return created
-
-
-async def until(condition: Callable[[], Awaitable[bool]], within_s: float) -> bool:
-    """Poll an asynchronous condition (one that asks the API) until it holds or time is up."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if await condition():
-            return True
-        await asyncio.sleep(0.2)
-    return await condition()
 
 
 def ledger(db: psycopg.Connection[Any], channel: str = WEBHOOK) -> list[tuple[Any, ...]]:

@@ -87,38 +87,44 @@ class SignalsCollector(Collector):
             return None
 
 
+def _labelled(
+    name: str, documentation: str, label: str, values: dict[str, float]
+) -> GaugeMetricFamily:
+    """One gauge family with a sample per ``values`` key (one label)."""
+    family = GaugeMetricFamily(name, documentation, labels=[label])
+    for key, value in sorted(values.items()):
+        family.add_metric([key], value)
+    return family
+
+
 def _queue_families(depths: list[QueueDepth]) -> Iterator[GaugeMetricFamily]:
-    waiting = GaugeMetricFamily(
+    yield _labelled(
         "helpdesk_queue_messages",
         "Messages ready to run, not yet taken by a worker (scale the queue's pool on this).",
-        labels=["queue"],
+        "queue",
+        {d.queue: d.waiting for d in depths},
     )
-    delayed = GaugeMetricFamily(
+    yield _labelled(
         "helpdesk_queue_delayed_messages",
         "Messages waiting for their time in the queue's delay queue (retries, timers).",
-        labels=["queue"],
+        "queue",
+        {d.queue: d.delayed for d in depths},
     )
-    oldest = GaugeMetricFamily(
+    yield _labelled(
         "helpdesk_queue_oldest_message_age_seconds",
         "How long the next message to run has waited (0 when the queue is empty).",
-        labels=["queue"],
+        "queue",
+        {d.queue: d.oldest_age_s or 0.0 for d in depths},
     )
-    for depth in depths:
-        waiting.add_metric([depth.queue], depth.waiting)
-        delayed.add_metric([depth.queue], depth.delayed)
-        oldest.add_metric([depth.queue], depth.oldest_age_s or 0.0)
-    yield from (waiting, delayed, oldest)
 
 
 def _live_family(alive: dict[str, int]) -> GaugeMetricFamily:
-    family = GaugeMetricFamily(
+    return _labelled(
         "helpdesk_live_processes",
         "Processes of each kind that said they were alive in the last 15 s.",
-        labels=["kind"],
+        "kind",
+        {kind: alive.get(kind, 0) for kind in set(EXPECTED_KINDS) | set(alive)},
     )
-    for kind in sorted(set(EXPECTED_KINDS) | set(alive)):
-        family.add_metric([kind], alive.get(kind, 0))
-    return family
 
 
 def _database_families(signals: DatabaseSignals) -> Iterator[GaugeMetricFamily]:
@@ -145,22 +151,18 @@ def _database_families(signals: DatabaseSignals) -> Iterator[GaugeMetricFamily]:
         "Time since the oldest unfinished event was handed to the broker (0 when none).",
         signals.oldest_published_not_completed_age_s,
     )
-    failed = GaugeMetricFamily(
+    yield _labelled(
         "helpdesk_deliveries_failed",
         "Ledger rows failed for good, waiting for an operator (by channel).",
-        labels=["channel"],
+        "channel",
+        dict(signals.failed_deliveries),
     )
-    for channel, count in sorted(signals.failed_deliveries.items()):
-        failed.add_metric([channel], count)
-    yield failed
-    running = GaugeMetricFamily(
+    yield _labelled(
         "helpdesk_sla_clocks_running",
         "SLA clocks counting down (not paused, not breached yet), by target.",
-        labels=["target"],
+        "target",
+        dict(signals.sla_running),
     )
-    for target, count in sorted(signals.sla_running.items()):
-        running.add_metric([target], count)
-    yield running
     yield gauge(
         "helpdesk_sla_breached_tickets",
         "Active tickets whose first-response deadline passed unanswered (not yet closed).",
