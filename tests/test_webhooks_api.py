@@ -4,6 +4,7 @@ WEBHOOK_ALLOW_PRIVATE; admins only."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -257,3 +258,26 @@ async def test_only_admins(
         assert (await client.request(method, url, json=body, headers=user)).status_code == 403
         assert (await client.request(method, url, json=body)).status_code == 401
     assert (await client.get(one, headers=admin)).status_code == 200
+
+
+async def test_a_slow_name_lookup_holds_no_database_slot(
+    client: AsyncTestClient[Any], admin: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checking a URL resolves its host (up to a few seconds); the registrations waiting on it
+    must not hold the connection slots every other request needs."""
+    gate = client.app.state.connection_gate
+    free_during_lookups: list[int] = []
+
+    async def slow_lookup(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(0.3)
+        free_during_lookups.append(gate.free)
+        raise OSError("no such host")
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "getaddrinfo", slow_lookup)
+    body = {"url": "https://hooks.slow-dns.test/in", "event_types": ["ticket.created"]}
+    answers = await asyncio.gather(
+        *(client.post(WEBHOOKS_URL, json=body, headers=admin) for _ in range(gate.slots + 2))
+    )
+    assert {a.status_code for a in answers} == {400}
+    assert "does not resolve" in answers[0].json()["error"]["message"]
+    assert free_during_lookups and set(free_during_lookups) == {gate.slots}

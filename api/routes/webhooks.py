@@ -7,16 +7,17 @@ resolves to) and again by the worker at each send, since DNS can change in betwe
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import structlog
-from litestar import Controller, delete, get, patch, post
+from litestar import Controller, Request, delete, get, patch, post
 from litestar.datastructures import CacheControlHeader, State
 from litestar.exceptions import ValidationException
 from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from api import responses
-from api.deps import SessionDep, commit
+from api.deps import SessionDep, commit, provide_session
 from api.guards import admin_only
 from api.routes.params import PageNumber, PerPage, capped
 from api.webhook_schemas import (
@@ -50,7 +51,11 @@ NO_STORE = CacheControlHeader(no_store=True)
 
 
 async def _allowed(url: str, state: State) -> str:
-    """The URL if it may be called; a 400 naming the field and the reason otherwise."""
+    """The URL if it may be called; a 400 naming the field and the reason otherwise.
+
+    Called before the handler takes its database session: the name lookup may take up to its
+    timeout, and a request waiting on DNS must not hold one of the process's connection slots
+    (the handlers that check a URL ask for their session after it)."""
     try:
         return await check_url(url, UrlPolicy.of(state.settings))
     except WebhookUrlRefused as exc:
@@ -79,9 +84,10 @@ class WebhookController(Controller):
         ),
     )
     async def register(
-        self, data: JSONBody[CreateWebhook], session: SessionDep, state: State
+        self, request: Request[Any, Any, Any], data: JSONBody[CreateWebhook], state: State
     ) -> WebhookWithSecret:
         url = await _allowed(data.url, state)
+        session = await provide_session(request)  # after the name lookup, not during it
         endpoint = await create_endpoint(
             session, url=url, event_types=data.event_types, enabled=data.enabled, now=utcnow()
         )
@@ -122,10 +128,11 @@ class WebhookController(Controller):
         self,
         endpoint_id: EndpointId,
         data: JSONBody[UpdateWebhook],
-        session: SessionDep,
+        request: Request[Any, Any, Any],
         state: State,
     ) -> WebhookOut:
         url = await _allowed(data.url, state) if isinstance(data.url, str) else None
+        session = await provide_session(request)  # after the name lookup, not during it
         endpoint = await update_endpoint(
             session,
             endpoint_id,
