@@ -63,12 +63,9 @@ def summary_ms(values_s: Iterable[float]) -> dict[str, float]:
     ordered = sorted(v * 1000 for v in values_s)
     if not ordered:
         return {"count": 0}
-    summary = {"count": len(ordered), "min_ms": round(ordered[0], 1)}
-    summary |= {f"p{p}_ms": round(percentile(ordered, p), 1) for p in (50, 90, 99)}
-    return summary | {
-        "max_ms": round(ordered[-1], 1),
-        "mean_ms": round(sum(ordered) / len(ordered), 1),
-    }
+    cuts = {"min_ms": ordered[0]} | {f"p{p}_ms": percentile(ordered, p) for p in (50, 90, 99)}
+    cuts |= {"max_ms": ordered[-1], "mean_ms": sum(ordered) / len(ordered)}
+    return {"count": len(ordered)} | {key: round(ms, 1) for key, ms in cuts.items()}
 
 
 def git_state(root: Path = ROOT) -> dict[str, Any]:
@@ -531,15 +528,14 @@ class Stack:
             self.services.pop(name).stop()
 
 
-def start_redis(log_dir: Path, port: int = 0) -> Service:
-    """A redis-server of the run's own, without persistence (``.port``); start it again on the
-    same port after a kill and it is empty, like a Redis restarted without a disk."""
-    port = port or free_port()
+def start_redis(log_dir: Path) -> Service:
+    """A redis-server of the run's own, without persistence (``.port``); started again after a
+    kill, it is empty, like a Redis restarted without a disk."""
+    port = free_port()
     argv = ["redis-server", "--bind", HOST, "--port", str(port), "--save", "", "--appendonly", "no"]
-    redis = Service(
-        "redis", [*argv, "--dir", str(log_dir)], dict(os.environ), log_dir / "redis.log"
-    )
-    redis.ready_text, redis.port = "Ready to accept", port
+    argv += ["--dir", str(log_dir)]
+    redis = Service("redis", argv, dict(os.environ), log_dir / "redis.log", port=port)
+    redis.ready_text = "Ready to accept"
     return redis.start().wait_ready(20)
 
 
@@ -616,14 +612,14 @@ def dev_tokens(
 
 def connect(database_url: str, attempts: int = 60) -> psycopg.Connection[Any]:
     """An autocommit connection, retried while the (shared) server has no slot free."""
-    for attempt in range(attempts):
+    for _ in range(attempts - 1):
         try:
             return psycopg.connect(database_url, autocommit=True)
         except psycopg.OperationalError as exc:
-            if "too many clients" not in str(exc) or attempt == attempts - 1:
+            if "too many clients" not in str(exc):
                 raise
             time.sleep(0.5)
-    raise AssertionError("unreachable")
+    return psycopg.connect(database_url, autocommit=True)
 
 
 def query(database_url: str, sql: str, *params: Any) -> list[Any]:
@@ -738,21 +734,12 @@ class Sink:
     _partial: str = ""
 
     @classmethod
-    def start(cls, log_dir: Path, tag: str = "sink") -> Sink:
-        port, out = free_port(), log_dir / f"{tag}.txt"
-        argv = [
-            sys.executable,
-            "-m",
-            "bench.common",
-            "sink",
-            "--port",
-            str(port),
-            "--out",
-            str(out),
-        ]
-        service = Service(
-            tag, argv, dict(os.environ), log_dir / f"{tag}.log", ready_text="sink ready", port=port
-        )
+    def start(cls, log_dir: Path) -> Sink:
+        port, out = free_port(), log_dir / "sink.txt"
+        argv = [sys.executable, "-m", "bench.common", "sink", "--port", str(port)]
+        argv += ["--out", str(out)]
+        service = Service("sink", argv, dict(os.environ), log_dir / "sink.log", port=port)
+        service.ready_text = "sink ready"
         return cls(service.start().wait_ready(30), out)
 
     @property

@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,6 @@ from bench.common import (
     POOLS,
     RESULTS_DIR,
     ROOT,
-    Service,
     Stack,
     dev_tokens,
     flush_redis,
@@ -76,38 +77,57 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-def start_stack(
-    database_url: str, redis_url: str, sink: SmtpSink, log_dir: Path, **settings: Any
-) -> Stack:
-    """One API process, the worker pools (the notifications pool one process, the one the
-    worker scenario kills) and the scheduler, quick outbox sweeps and re-publishing;
-    ``settings`` add to the environment."""
-    env = service_env(
-        database_url,
-        redis_url,
-        PORT=free_port(),
-        NOTIFICATION_PROCESSES=1,
-        OUTBOX_SWEEP_INTERVAL_SECONDS=1,
-        OUTBOX_REPUBLISH_AFTER_SECONDS=REPUBLISH_AFTER_S,
-        **mail_settings(sink.port, TEAM_ADDRESS) | settings,
-    )
-    return Stack(env, log_dir).start("web", *POOLS, web_args=["--workers", "1"])
+@contextlib.contextmanager
+def running(
+    sink: SmtpSink,
+    log_dir: Path,
+    database_url: str = SHARED_DB,
+    redis_url: str = SHARED_REDIS,
+    webhook_url: str | None = None,
+    **settings: Any,
+) -> Iterator[Stack]:
+    """On a fresh database (and the shared Redis database flushed; a webhook endpoint for
+    ``webhook_url``): one API process, the worker pools (the notifications pool one process, the
+    one the worker scenario kills) and the scheduler, quick outbox sweeps and re-publishing,
+    ``settings`` added. The services, then ``sink``, are stopped afterwards."""
+    try:
+        if redis_url == SHARED_REDIS:
+            flush_redis(redis_url)
+        prepare_database(database_url, fresh=True)
+        if webhook_url:
+            register_endpoint(database_url, webhook_url)
+        env = service_env(
+            database_url,
+            redis_url,
+            PORT=free_port(),
+            NOTIFICATION_PROCESSES=1,
+            OUTBOX_SWEEP_INTERVAL_SECONDS=1,
+            OUTBOX_REPUBLISH_AFTER_SECONDS=REPUBLISH_AFTER_S,
+            **mail_settings(sink.port, TEAM_ADDRESS) | settings,
+        )
+        stack = Stack(env, log_dir).start("web", *POOLS, web_args=["--workers", "1"])
+        try:
+            yield stack
+        finally:
+            stack.stop()
+    finally:
+        sink.stop()
 
 
 async def steady_writes(
-    stack: Stack, rate: float, duration_s: float, at: dict[int, Callable[[], None]]
-) -> tuple[Writes, dict[str, float]]:
+    stack: Stack, rate: float, duration_s: float, at: Mapping[int, Callable[[], object]]
+) -> tuple[Writes, dict[int, float]]:
     """POST tickets at ``rate`` per second for ``duration_s``; at second t run ``at[t]`` in a
     thread (stopping a server blocks, and must not stall the load). Returns the writes and, per
-    action, the moment it finished."""
+    second of ``at``, the moment its action finished."""
     results: Writes = []
-    finished: dict[str, float] = {}
+    finished: dict[int, float] = {}
     headers = {"Authorization": f"Bearer {dev_tokens(['load-user'])[0]}"}
     pending = dict(sorted(at.items()))
 
-    async def act(action: Callable[[], None]) -> None:
+    async def act(second: int, action: Callable[[], object]) -> None:
         await asyncio.to_thread(action)
-        finished[action.__name__] = time.monotonic()
+        finished[second] = time.monotonic()
 
     base_url = f"http://127.0.0.1:{stack['web'].port}"
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
@@ -124,8 +144,8 @@ async def steady_writes(
 
         start, tasks, n = time.monotonic(), [], 0
         while time.monotonic() - start < duration_s:
-            for moment in [m for m in pending if m <= time.monotonic() - start]:
-                tasks.append(asyncio.create_task(act(pending.pop(moment))))
+            for second in [t for t in pending if t <= time.monotonic() - start]:
+                tasks.append(asyncio.create_task(act(second, pending.pop(second))))
             tasks.append(asyncio.create_task(one(n)))
             n += 1
             await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
@@ -168,80 +188,47 @@ def ledger_note(url: str) -> str:
 
 async def redis_killed_and_restarted_empty(rate: float, log_dir: Path) -> Outcome:
     outcome = Outcome("redis", "Redis killed at 10 s under load, restarted empty at 25 s")
+    redis = start_redis(log_dir)
     sink = SmtpSink().start()
-    redis: Service = start_redis(log_dir)
-    prepare_database(SHARED_DB, fresh=True)
-    stack = start_stack(SHARED_DB, redis_url_of(redis), sink, log_dir)
     try:
-
-        def kill_redis() -> None:
-            redis.kill()
-
-        def restart_redis() -> None:
-            nonlocal redis
-            redis = start_redis(log_dir, redis.port)
-
-        results, moments = await steady_writes(stack, rate, 40, {10: kill_redis, 25: restart_redis})
-        outcome.notes.append(
-            "events published before the kill and not yet handled come back through the "
-            f"re-publish of unhandled events (after {REPUBLISH_AFTER_S} s in this run; "
-            "OUTBOX_REPUBLISH_AFTER_SECONDS, default 120 s)"
-        )
-        return count(outcome, results, sink, moments["restart_redis"], 180)
+        with running(sink, log_dir, redis_url=redis_url_of(redis)) as stack:
+            # Started again on its port, without persistence: empty.
+            at = {10: redis.kill, 25: lambda: redis.start().wait_ready(20)}
+            results, moments = await steady_writes(stack, rate, 40, at)
+            outcome.notes.append(
+                "events published before the kill and not yet handled come back through the "
+                f"re-publish of unhandled events (after {REPUBLISH_AFTER_S} s in this run; "
+                "OUTBOX_REPUBLISH_AFTER_SECONDS, default 120 s)"
+            )
+            return count(outcome, results, sink, moments[25], 180)
     finally:
-        stack.stop()
         redis.stop()
-        sink.stop()
 
 
 async def worker_killed_three_times(rate: float, log_dir: Path) -> Outcome:
     outcome = Outcome("worker", "notifications pool SIGKILLed at 8, 18 and 28 s, restarted at once")
     sink = SmtpSink()
     sink.delay_s = 0.02  # a mail server that takes a moment, so kills land mid-batch
-    sink.start()
-    flush_redis(SHARED_REDIS)
-    prepare_database(SHARED_DB, fresh=True)
-    stack = start_stack(SHARED_DB, SHARED_REDIS, sink, log_dir)
-    try:
-
-        def kill(label: str) -> Callable[[], None]:
-            def action() -> None:
-                stack.restart("notifications")
-
-            action.__name__ = label
-            return action
-
-        at = {8: kill("kill_1"), 18: kill("kill_2"), 28: kill("kill_3")}
+    with running(sink.start(), log_dir) as stack:
+        at = dict.fromkeys((8, 18, 28), lambda: stack.restart("notifications"))
         results, moments = await steady_writes(stack, rate, 35, at)
         outcome.notes.append(
             "a message a killed worker held returns through the re-publish of unhandled events "
             f"({REPUBLISH_AFTER_S} s here) or Dramatiq's own requeue after its 60 s heartbeat"
         )
-        return count(outcome, results, sink, moments["kill_3"], 180)
-    finally:
-        stack.stop()
-        sink.stop()
+        return count(outcome, results, sink, moments[28], 180)
 
 
 async def postgres_stopped_and_started(rate: float, log_dir: Path) -> Outcome:
     outcome = Outcome("postgres", "PostgreSQL stopped at 10 s under load, started at 20 s")
-    sink = SmtpSink().start()
     cluster = PrivatePostgres().init().start()
     database_url = f"postgresql://postgres@127.0.0.1:{cluster.port}/helpdesk_bench"
-    prepare_database(database_url, fresh=True)
-    flush_redis(SHARED_REDIS)
-    stack = start_stack(database_url, SHARED_REDIS, sink, log_dir)
+    sink = SmtpSink().start()
     try:
-
-        def stop_postgres() -> None:
-            cluster.stop()
-
-        def start_postgres() -> None:
-            cluster.start()
-
-        at = {10: stop_postgres, 20: start_postgres}
-        results, moments = await steady_writes(stack, rate, 35, at)
-        outcome = count(outcome, results, sink, moments["start_postgres"], 180)
+        with running(sink, log_dir, database_url) as stack:
+            at = {10: cluster.stop, 20: cluster.start}
+            results, moments = await steady_writes(stack, rate, 35, at)
+            outcome = count(outcome, results, sink, moments[20], 180)
         refused = [s for s, _, _ in results if s != 201]
         outcome.notes.append(
             f"{len(refused)} writes refused while the database was down, all 503 with Retry-After"
@@ -250,19 +237,14 @@ async def postgres_stopped_and_started(rate: float, log_dir: Path) -> Outcome:
         )
         return outcome
     finally:
-        stack.stop()
         cluster.destroy()
-        sink.stop()
 
 
 async def smtp_refusing_for_a_minute(rate: float, log_dir: Path) -> Outcome:
     outcome = Outcome("smtp", "SMTP answers 451 for 60 s, then accepts")
     sink = SmtpSink().start()
     sink.refuse_until_cleared("451 4.3.0 try again later")
-    flush_redis(SHARED_REDIS)
-    prepare_database(SHARED_DB, fresh=True)
-    stack = start_stack(SHARED_DB, SHARED_REDIS, sink, log_dir)
-    try:
+    with running(sink, log_dir) as stack:
         refusing_since = time.monotonic()
         results, _ = await steady_writes(stack, rate, 30, {})
         await asyncio.sleep(max(0.0, refusing_since + 60 - time.monotonic()))
@@ -274,9 +256,6 @@ async def smtp_refusing_for_a_minute(rate: float, log_dir: Path) -> Outcome:
         outcome = count(outcome, results, sink, time.monotonic(), 240)
         outcome.notes.append(ledger_note(SHARED_DB))
         return outcome
-    finally:
-        stack.stop()
-        sink.stop()
 
 
 WEBHOOK_TIMEOUT_S = 2
@@ -312,59 +291,52 @@ def delay_summary(delays: list[float]) -> str:
     )
 
 
-async def hostile_webhook_receiver(rate: float, log_dir: Path, hostile: bool = True) -> Outcome:
-    """``hostile=False``: the same run with a prompt receiver throughout, for comparison."""
+# The receiver's phases: what it does from second ``start`` of the run until the next.
+WEBHOOK_PHASES = [
+    ("503", 0, Answer(503)),
+    ("hanging", 10, Answer(delay_s=WEBHOOK_TIMEOUT_S * 4)),
+    ("slow", 20, Answer(delay_s=0.8)),
+    ("prompt", 30, Answer()),
+]
+
+
+async def hostile_webhook_receiver(rate: float, log_dir: Path) -> Outcome:
     outcome = Outcome(
         "webhook",
         "a webhook receiver answers 503 for 10 s, hangs past the timeout for 10 s, answers "
-        "slowly (0.8 s) for 10 s, then promptly"
-        if hostile
-        else "(baseline) a prompt webhook receiver throughout",
+        "slowly (0.8 s) for 10 s, then promptly",
     )
+    receiver = WebhookSink(WEBHOOK_PHASES[0][2]).start()
     sink = SmtpSink().start()
-    receiver = WebhookSink(Answer(503) if hostile else Answer()).start()
-    flush_redis(SHARED_REDIS)
-    prepare_database(SHARED_DB, fresh=True)
-    register_endpoint(SHARED_DB, receiver.url())
-    stack = start_stack(
-        SHARED_DB,
-        SHARED_REDIS,
-        sink,
-        log_dir,
-        WEBHOOK_ALLOW_PRIVATE="true",
-        WEBHOOK_TIMEOUT_SECONDS=WEBHOOK_TIMEOUT_S,
-    )
+    settings: dict[str, Any] = {"WEBHOOK_ALLOW_PRIVATE": "true"}
+    settings["WEBHOOK_TIMEOUT_SECONDS"] = WEBHOOK_TIMEOUT_S
     try:
+        with running(sink, log_dir, webhook_url=receiver.url(), **settings) as stack:
+            at = {
+                second: partial(receiver.respond_always, answer)
+                for _, second, answer in WEBHOOK_PHASES[1:]
+            }
+            load_started = time.time()
+            results, moments = await steady_writes(stack, rate, 35, at)
+            outcome = count(outcome, results, sink, moments[30], 240)
+            created = {ticket for _, ticket, _ in results if ticket}
 
-        def hang() -> None:
-            receiver.respond_always(Answer(delay_s=WEBHOOK_TIMEOUT_S * 4))
+            def arrived() -> Counter[str]:
+                return Counter(
+                    json.loads(r.body)["data"]["ticket"]["id"] for r in receiver.delivered()
+                )
 
-        def slow() -> None:
-            receiver.respond_always(Answer(delay_s=0.8))
-
-        def healthy() -> None:
-            receiver.respond_always(Answer())
-
-        at = {10: hang, 20: slow, 30: healthy} if hostile else {30: healthy}
-        load_started = time.time()
-        results, moments = await steady_writes(stack, rate, 35, at)
-        outcome = count(outcome, results, sink, moments["healthy"], 240)
-        created = {ticket for _, ticket, _ in results if ticket}
-
-        def arrived() -> Counter[str]:
-            return Counter(json.loads(r.body)["data"]["ticket"]["id"] for r in receiver.delivered())
-
-        await asyncio.to_thread(wait_for, lambda: created <= set(arrived()), timeout=240)
-        await asyncio.sleep(3)  # late duplicates
+            await asyncio.to_thread(wait_for, lambda: created <= set(arrived()), timeout=240)
+            await asyncio.sleep(3)  # late duplicates
         got = arrived()
         sql = "SELECT status, count(*) FROM deliveries WHERE channel = 'webhook' GROUP BY status"
         rows = query(SHARED_DB, sql)
         delays = email_delays(SHARED_DB, sink)
-        # The receiver's phases, by the second of the run the ticket was written in.
-        phases = [("503", 0, 10), ("hanging", 10, 20), ("slow", 20, 30), ("prompt", 30, 99)]
+        # By the second of the run the ticket was written in.
+        ends = [second for _, second, _ in WEBHOOK_PHASES[1:]] + [99]
         by_phase = [
             f"{name}: " + delay_summary([d for at, d in delays if start <= at - load_started < end])
-            for name, start, end in (phases if hostile else [])
+            for (name, start, _), end in zip(WEBHOOK_PHASES, ends, strict=True)
         ]
         outcome.notes += [
             f"webhooks: {len(created & set(got))} of {len(created)} tickets' events arrived, "
@@ -373,13 +345,11 @@ async def hostile_webhook_receiver(rate: float, log_dir: Path, hostile: bool = T
             f"(channel webhook) by status: {dict(rows)}",
             "emails alongside (the same ledger, their own pool), commit -> SMTP: "
             + delay_summary([d for _, d in delays])
-            + (f"; by the receiver's phase: {'; '.join(by_phase)}" if by_phase else ""),
+            + f"; by the receiver's phase: {'; '.join(by_phase)}",
         ]
         return outcome
     finally:
-        stack.stop()
         receiver.stop()
-        sink.stop()
 
 
 SCENARIOS: dict[str, Callable[[float, Path], Awaitable[Outcome]]] = {
