@@ -4,14 +4,10 @@
     uv run python -m bench.run_all --quick    # shorter runs, same report (about 10 minutes)
     uv run python -m bench.run_all --report-from all20261130T084807   # rebuild the page
 
-One after another, so they do not disturb each other: bench.http_load (create and list at 1, 8,
-32 and 128 connections, next to pgbench and the framework floor); bench.pipeline (commit ->
-SMTP-accepted latency at steady rates up to saturation, and the drain rate of a backlog);
-bench.timers (SLA lateness of 1,000 timers, auto-close of 100,000 tickets); the resident memory
-of the API's and the workers' processes after a create load. Every run's JSON stays in
-bench/results/ under the run's stamp; rerun one measurement with that stamp's label (e.g.
-``python -m bench.http_load --label all20261130T084807-http``), then rebuild the page with
-``--report-from``. Figures are reported, never asserted.
+One after another: bench.http_load, bench.pipeline (steady rates up to saturation, then the
+drain), bench.timers, then the resident memory of the API's and the workers' processes after a
+create load. Rerunning one measurement of a run: bench/README.md. Figures are reported, never
+asserted.
 """
 
 from __future__ import annotations
@@ -142,29 +138,24 @@ def plots(http: dict[str, Any], pipeline: dict[str, Any]) -> list[str]:
     import matplotlib.pyplot as plt
 
     made = []
-    counts = sorted(int(c) for c in http)
-    if counts:
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(IMG / name, dpi=110)
+        plt.close(fig)
+        made.append(f"img/{name}")
+
+    if counts := sorted(int(c) for c in http):
         fig, (rates, latency) = plt.subplots(1, 2, figsize=(11, 4))
         for scenario, marker in (("create", "o"), ("list", "s")):
             for name, style in (("service", "-"), ("floor", "--"), ("pgbench", ":")):
                 points = [(c, http[str(c)].get(scenario, {}).get(name, {})) for c in counts]
                 points = [(c, cell) for c, cell in points if "rps" in cell]
-                xs = [c for c, _ in points]
-                rates.plot(
-                    xs,
-                    [cell["rps"] for _, cell in points],
-                    marker=marker,
-                    linestyle=style,
-                    label=f"{scenario}: {name}",
-                )
-                if name != "pgbench":
-                    latency.plot(
-                        xs,
-                        [cell["p99_ms"] for _, cell in points],
-                        marker=marker,
-                        linestyle=style,
-                        label=f"{scenario}: {name} p99",
-                    )
+                for ax, key, suffix in ((rates, "rps", ""), (latency, "p99_ms", " p99")):
+                    if ax is rates or name != "pgbench":
+                        xs, ys = [c for c, _ in points], [cell[key] for _, cell in points]
+                        label = f"{scenario}: {name}{suffix}"
+                        ax.plot(xs, ys, marker=marker, linestyle=style, label=label)
         for ax, title, unit in (
             (rates, "Throughput", "requests (transactions) / s"),
             (latency, "Latency", "ms"),
@@ -173,12 +164,8 @@ def plots(http: dict[str, Any], pipeline: dict[str, Any]) -> list[str]:
             ax.set_xscale("log", base=2)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(IMG / "http.png", dpi=110)
-        plt.close(fig)
-        made.append("img/http.png")
-    rates_run = sorted(pipeline["rates"])
-    if rates_run:
+        save(fig, "http.png")
+    if rates_run := sorted(pipeline["rates"]):
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for key, style in (("p50_ms", "o-"), ("p99_ms", "s-"), ("max_ms", "^:")):
             values = [pipeline["rates"][r]["latency"][key] for r in rates_run]
@@ -192,19 +179,14 @@ def plots(http: dict[str, Any], pipeline: dict[str, Any]) -> list[str]:
         )
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(IMG / "pipeline.png", dpi=110)
-        plt.close(fig)
-        made.append("img/pipeline.png")
+        save(fig, "pipeline.png")
     return made
 
 
-def flat(values: dict[str, Any] | None) -> str:
-    return json.dumps(
-        {k: v for k, v in (values or {}).items() if not isinstance(v, dict | list)},
-        indent=2,
-        default=str,
-    )
+def flat(values: dict[str, Any] | None) -> list[str]:
+    """The figures (not the nested ones) as a JSON block."""
+    plain = {k: v for k, v in (values or {}).items() if not isinstance(v, dict | list)}
+    return ["```", json.dumps(plain, indent=2, default=str), "```"]
 
 
 def write_report(
@@ -252,6 +234,13 @@ def write_report(
     ]
     if "img/http.png" in made:
         lines += ["", "![HTTP throughput and latency](img/http.png)"]
+    header = ["offered tickets/s", "achieved", "emails", "p50 ms", "p99 ms", "max ms"]
+    rates = [
+        [rate, r["achieved_rate"], r["emails_received"]]
+        + [r["latency"].get(key) for key in ("p50_ms", "p99_ms", "max_ms")]
+        + [r["all_arrived"]]
+        for rate, r in sorted(pipeline["rates"].items())
+    ]
     lines += [
         "",
         "## Notification pipeline",
@@ -261,29 +250,7 @@ def write_report(
         "in its own process records when it accepts each email. Latency = SMTP accept time minus",
         "the commit time of the ticket's event. Target: p99 <= 250 ms at 200 tickets/s.",
         "",
-        *md_table(
-            [
-                "offered tickets/s",
-                "achieved",
-                "emails",
-                "p50 ms",
-                "p99 ms",
-                "max ms",
-                "all arrived",
-            ],
-            [
-                [
-                    rate,
-                    r["achieved_rate"],
-                    r["emails_received"],
-                    r["latency"].get("p50_ms"),
-                    r["latency"].get("p99_ms"),
-                    r["latency"].get("max_ms"),
-                    r["all_arrived"],
-                ]
-                for rate, r in sorted(pipeline["rates"].items())
-            ],
-        ),
+        *md_table([*header, "all arrived"], rates),
     ]
     if "img/pipeline.png" in made:
         lines += ["", "![Latency against offered load](img/pipeline.png)"]
@@ -293,42 +260,27 @@ def write_report(
         "stopped, then the Procfile's pools start and the rate at which the SMTP server accepts",
         "the notifications is measured. Target: >= 1,000 notifications/s.",
         "",
-        "```",
-        flat(pipeline.get("drain")),
-        "```",
+        *flat(pipeline.get("drain")),
         "",
         "## Timers",
         "",
     ]
     if timers:
-        sla, close = timers.get("sla", {}), timers.get("close", {})
-        late = sla.get("lateness", {})
+        sla, late = timers.get("sla", {}), timers.get("sla", {}).get("lateness", {})
         twice = (sla.get("breach_events") or 0) - (sla.get("breach_events_distinct_tickets") or 0)
+        row = [sla.get("timers"), sla.get("fired"), twice]
+        row += [late.get(key) for key in ("p50_ms", "p99_ms", "max_ms")]
         lines += [
             "`bench/timers.py`: 1,000 urgent tickets whose deadlines fall within one minute, with",
             "the Procfile's pools and the scheduler; lateness = `sla_breached_at - sla_due_at`.",
             "Target: p99 <= 1 s.",
             "",
-            *md_table(
-                ["timers", "fired", "fired twice", "p50 ms", "p99 ms", "max ms"],
-                [
-                    [
-                        sla.get("timers"),
-                        sla.get("fired"),
-                        twice,
-                        late.get("p50_ms"),
-                        late.get("p99_ms"),
-                        late.get("max_ms"),
-                    ]
-                ],
-            ),
+            *md_table(["timers", "fired", "fired twice", "p50 ms", "p99 ms", "max ms"], [row]),
             "",
             "Auto-close of due resolved tickets by the real actor (bounded batches, SKIP LOCKED);",
             "target <= 60 s for 100,000:",
             "",
-            "```",
-            flat(close),
-            "```",
+            *flat(timers.get("close", {})),
         ]
     else:
         lines.append("(the timers benchmark did not produce results in this run)")
