@@ -44,11 +44,8 @@ def measure_smtp(emails: int, log_dir: Path) -> dict[str, Any]:
                     await channel.send(notice)
 
             await asyncio.gather(*(one(i) for i in range(MAX_CONNECTIONS)))  # connections open
-            sink_before, started, cpu_before = (
-                cpu_s(sink.service.pid),
-                time.perf_counter(),
-                time.process_time(),
-            )
+            sink_before = cpu_s(sink.service.pid)
+            started, cpu_before = time.perf_counter(), time.process_time()
             await asyncio.gather(*(one(i) for i in range(emails)))
             wall, client_cpu = time.perf_counter() - started, time.process_time() - cpu_before
             await channel.close()
