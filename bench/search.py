@@ -6,22 +6,14 @@ queue's searches over HTTP against the real server.
     uv run python -m bench.search --messages 100000     # smaller (quicker) run
     uv run python -m bench.search --write-docs          # also rewrite the docs section
 
-1. **Database** ``helpdesk_bench_search`` (``--database-url``; the name must contain
-   ``bench``), dropped, created and migrated with Alembic, so the schema, triggers and indexes
-   are the real ones.
-2. **Load.** Python writes tickets and messages in COPY's text format (one COPY per table, a few
-   MB per write): 4 messages per ticket, 20,000 users, 25 agents, a year of creation times, and
-   text drawn from a Zipf distribution over a support vocabulary and a long tail of rarer words,
-   so some words are in a third of the messages and most in very few. The search triggers fill
-   each row's tsvector as it is copied; the GIN and other secondary indexes are dropped before
-   the load and built again after it from their own definitions (faster than growing them row
-   by row), then ``VACUUM ANALYZE``.
-3. **Server.** ``helpdesk serve`` with one worker on a free port (development token key).
-4. **Searches.** ``GET /v1/admin/support/tickets?q=...`` one at a time (latency, not
-   throughput), for each class of query: a very common word, a mid-frequency word, a rare word,
-   two words, a phrase, a common word with filters (status, assignee none), a search sorted by
-   SLA due, and, for comparison, the queue without ``q``. Each class: warm-up, then
-   ``--requests`` requests over different words of the class. p50/p99 per class and overall.
+The database (``--database-url``, dropped, created and migrated: the real schema, triggers and
+indexes) gets 4 messages per ticket, 20,000 users, 25 agents, a year of creation times, and text
+drawn from a Zipf distribution over a support vocabulary and a long tail of rarer words (so some
+words are in a third of the messages and most in very few), in COPY's text format; the search
+triggers fill each row's tsvector as it is copied, the secondary indexes are dropped before and
+built again after the load. Then ``helpdesk serve`` (one worker) answers the classes of
+``query_classes`` one request at a time (latency, not throughput): each class a warm-up, then
+``--requests`` requests over different words of the class.
 
 The figures go to ``bench/results/search-<UTC time>.json``; ``--write-docs`` puts them in the
 section "Admin search at 1,000,000 messages" of docs/benchmarks.md (the rest is left alone).
@@ -65,6 +57,7 @@ from bench.common import (
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Admin search at 1,000,000 messages"
 DEFAULT_DB = "postgresql://root@127.0.0.1:5432/helpdesk_bench_search"
+REDIS_URL = "redis://127.0.0.1:6379/12"
 USERS = 20_000
 AGENTS = 25
 MESSAGES_PER_TICKET = 4
@@ -438,9 +431,7 @@ def previous_load(counts: dict[str, Any]) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.search", description=__doc__)
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument(
-        "--database-url", default=os.environ.get("BENCH_SEARCH_DATABASE_URL", DEFAULT_DB)
-    )
+    parser.add_argument("--database-url", default=DEFAULT_DB, help="dropped and created afresh")
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--requests", type=int, default=200, help="searches per query class")
     parser.add_argument("--reuse", action="store_true", help="search the database already loaded")
@@ -465,8 +456,7 @@ def main() -> int:
     classes = query_classes(word_frequencies(url), sampled_bodies(url, 200), rng)
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
-    env = service_env(url, redis_url, PORT=free_port(), LOG_LEVEL="WARNING")
+    env = service_env(url, REDIS_URL, PORT=free_port(), LOG_LEVEL="WARNING")
     with tempfile.TemporaryDirectory(prefix="bench-search-") as log_dir:
         server = Stack(env, Path(log_dir)).start("web", web_args=["--workers", "1"])
         try:
