@@ -21,7 +21,6 @@ from api.deps import (
     EventPublisher,
     provide_caller,
     provide_direct,
-    provide_service,
     provide_session,
 )
 from api.errors import EXCEPTION_HANDLERS
@@ -104,7 +103,6 @@ def create_app(
             "caller": Provide(provide_caller, sync_to_thread=False),
             "session": Provide(provide_session),
             "db": Provide(provide_direct),
-            "service": Provide(provide_service, sync_to_thread=False),
         },
         exception_handlers={**EXCEPTION_HANDLERS, **IDEMPOTENCY_HANDLERS, **VERSION_HANDLERS},
         # Outermost first: the access line covers everything; resources are released inside it.

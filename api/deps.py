@@ -20,11 +20,14 @@ from domain.db import ConnectionGate, DirectConnection, direct_connection
 from domain.events import take_pending_event_ids
 from domain.tickets import Caller, TicketService
 
-# Handlers name their dependencies explicitly (caller/session/service) with these types.
+# Handlers name their dependencies explicitly (caller, then session or db) with these types.
+# They form one chain (the connection depends on the caller) on purpose: Litestar resolves two
+# or more independent dependencies of a handler in a task group of their own on every request
+# (litestar#4563), which cost about a tenth of a list request's CPU (docs/profiling.md, 12).
+# tests/test_route_guards.py keeps every route so.
 CallerDep = NamedDependency[Caller]
 SessionDep = NamedDependency[AsyncSession]
 DirectDep = NamedDependency[DirectConnection]
-ServiceDep = NamedDependency[TicketService]
 
 
 class EventPublisher(Protocol):
@@ -44,8 +47,9 @@ def provide_caller(request: Request[Any, Any, Any]) -> Caller:
     return authenticated_caller(request)
 
 
-async def provide_session(request: Request[Any, Any, Any]) -> AsyncSession:
-    """A session behind a connection-gate slot; both go back when the request answers."""
+async def provide_session(request: Request[Any, Any, Any], caller: CallerDep) -> AsyncSession:
+    """A session behind a connection-gate slot; both go back when the request answers. Taken
+    for a known caller only (and after it: see the chain above)."""
     state = request.app.state
     gate: ConnectionGate = state.connection_gate
     resources = request_resources(request.scope)
@@ -54,7 +58,7 @@ async def provide_session(request: Request[Any, Any, Any]) -> AsyncSession:
     return session
 
 
-async def provide_direct(request: Request[Any, Any, Any]) -> DirectConnection:
+async def provide_direct(request: Request[Any, Any, Any], caller: CallerDep) -> DirectConnection:
     """A pooled connection used through psycopg directly (domain/db.py), behind the same gate."""
     state = request.app.state
     gate: ConnectionGate = state.connection_gate
@@ -64,7 +68,9 @@ async def provide_direct(request: Request[Any, Any, Any]) -> DirectConnection:
     return direct
 
 
-def provide_service(state: State) -> TicketService:
+def ticket_service(state: State) -> TicketService:
+    """The app's one TicketService (made at start-up, holds no request state). Read from the
+    app's state rather than injected, so it adds no dependency to a handler's chain."""
     service: TicketService = state.service
     return service
 

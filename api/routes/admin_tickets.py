@@ -12,7 +12,7 @@ from litestar.params import JSONBody
 from litestar.status_codes import HTTP_201_CREATED
 
 from api import responses
-from api.deps import CallerDep, ServiceDep, SessionDep, commit
+from api.deps import CallerDep, SessionDep, commit, ticket_service
 from api.etags import (
     ETAG,
     IfMatchHeader,
@@ -59,10 +59,11 @@ class AdminTicketController(Controller):
         self,
         queue: NamedDependency[QueueFilter],
         session: SessionDep,
-        service: ServiceDep,
+        state: State,
         page: PageNumber = 1,
         per_page: PerPage = 20,
     ) -> AdminTicketList:
+        service = ticket_service(state)
         result = await service.search(session, queue, page=page, per_page=capped(per_page))
         return admin_ticket_list(result)
 
@@ -76,9 +77,10 @@ class AdminTicketController(Controller):
         self,
         ticket_id: TicketId,
         session: SessionDep,
-        service: ServiceDep,
+        state: State,
         if_none_match_header: IfNoneMatchHeader = None,
     ) -> Response[AdminTicketOut]:
+        service = ticket_service(state)
         view = await service.get(session, ticket_id, unless=if_none_match(if_none_match_header))
         if view.not_modified:
             return not_modified(view.version)
@@ -96,10 +98,10 @@ class AdminTicketController(Controller):
         data: JSONBody[UpdateTicket],
         caller: CallerDep,
         session: SessionDep,
-        service: ServiceDep,
         state: State,
         if_match_header: IfMatchHeader = None,
     ) -> Response[AdminTicketOut]:
+        service = ticket_service(state)
         change = TicketChanges(
             status=data.status,
             priority=data.priority,
@@ -127,11 +129,11 @@ class AdminTicketController(Controller):
         data: JSONBody[CreateMessage],
         caller: CallerDep,
         session: SessionDep,
-        service: ServiceDep,
         state: State,
         idempotency_key: IdempotencyKeyHeader = None,
         if_match_header: IfMatchHeader = None,
     ) -> Response[MessageOut]:
+        service = ticket_service(state)
         expected = if_match(if_match_header)
 
         async def reply() -> MessageOut:

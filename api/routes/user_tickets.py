@@ -10,7 +10,7 @@ from litestar.params import FromQuery, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from api import responses
-from api.deps import CallerDep, DirectDep, ServiceDep, SessionDep
+from api.deps import CallerDep, DirectDep, SessionDep, ticket_service
 from api.etags import ETAG, IfNoneMatchHeader, if_none_match, not_modified, with_etag
 from api.idempotency import REPLAYED, IdempotencyKeyHeader, write_once
 from api.routes.params import PageNumber, PerPage, TicketId, capped
@@ -45,10 +45,11 @@ class UserTicketController(Controller):
         data: JSONBody[CreateTicket],
         caller: CallerDep,
         db: DirectDep,
-        service: ServiceDep,
         state: State,
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[TicketOut]:
+        service = ticket_service(state)
+
         async def create() -> TicketOut:
             view = await service.create(
                 db,
@@ -76,11 +77,12 @@ class UserTicketController(Controller):
         self,
         caller: CallerDep,
         db: DirectDep,
-        service: ServiceDep,
+        state: State,
         page: PageNumber = 1,
         per_page: PerPage = 20,
         status: FromQuery[Status | None] = None,
     ) -> TicketList:
+        service = ticket_service(state)
         result = await service.list_for_user(
             db, caller.user_id, page=page, per_page=capped(per_page), status=status
         )
@@ -97,9 +99,10 @@ class UserTicketController(Controller):
         ticket_id: TicketId,
         caller: CallerDep,
         session: SessionDep,
-        service: ServiceDep,
+        state: State,
         if_none_match_header: IfNoneMatchHeader = None,
     ) -> Response[TicketOut]:
+        service = ticket_service(state)
         view = await service.get_for_user(
             session, ticket_id, caller, unless=if_none_match(if_none_match_header)
         )
@@ -121,10 +124,11 @@ class UserTicketController(Controller):
         data: JSONBody[CreateMessage],
         caller: CallerDep,
         session: SessionDep,
-        service: ServiceDep,
         state: State,
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[MessageOut]:
+        service = ticket_service(state)
+
         async def reply() -> MessageOut:
             message = await service.reply_as_owner(session, ticket_id, caller, body=data.body)
             return message_out(message)
@@ -153,10 +157,11 @@ class UserTicketController(Controller):
         ticket_id: TicketId,
         caller: CallerDep,
         session: SessionDep,
-        service: ServiceDep,
         state: State,
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Response[TicketOut]:
+        service = ticket_service(state)
+
         async def close() -> TicketOut:
             view = await service.close_as_owner(session, ticket_id, caller)
             return ticket_out(view.ticket, view.messages)
