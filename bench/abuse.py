@@ -1,14 +1,7 @@
 """Abuse suite: one misbehaving client must never hurt anyone else.
 
-    uv run python -m bench.abuse                       # every case, full counts (~5 minutes)
-    uv run python -m bench.abuse --quick               # every case, small counts (~1 minute)
-    uv run python -m bench.abuse --case rate-limit --case bad-tokens
-    uv run python -m bench.abuse --report-from bench/results/abuse.json
-
-The real API server is attacked one case at a time while a bystander (other users, from a
-process of its own) is measured; what each case records and checks: bench/README.md, "Abuse
-suite", and the section this writes in docs/reliability.md. ``make faults`` runs it after the
-fault scenarios; tests/test_abuse_live.py runs the quick version with assertions.
+How to run it, what each case records and checks: bench/README.md, "Abuse suite", and the
+section this writes in docs/reliability.md; tests/test_abuse_live.py runs it with assertions.
 """
 
 from __future__ import annotations
@@ -210,13 +203,15 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-async def run_all(jobs: Iterable[Callable[[], Awaitable[None]]], concurrency: int) -> None:
-    """Run ``jobs`` with at most ``concurrency`` at a time."""
-    queue = list(jobs)[::-1]
+async def run_all(
+    items: Iterable[T], each: Callable[[T], Awaitable[None]], concurrency: int
+) -> None:
+    """``each(item)`` for every item, at most ``concurrency`` at a time, in order."""
+    queue = list(items)[::-1]
 
     async def worker() -> None:
         while queue:
-            await queue.pop()()
+            await each(queue.pop())
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
@@ -516,22 +511,18 @@ async def _http_flood(
         base_url=ctx.target.base_url, timeout=15.0, limits=limits
     ) as client:
 
-        def job(request: FloodRequest) -> Callable[[], Awaitable[None]]:
+        async def send(request: FloodRequest) -> None:
             kind, method, path, headers, body, expected = request
+            try:
+                response = await client.request(method, path, headers=headers, json=body)
+                outcome = str(response.status_code)
+                if response.status_code == 429 and "retry-after" not in response.headers:
+                    outcome = "429 without Retry-After"
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__
+            result.record(kind, outcome, expected)
 
-            async def send() -> None:
-                try:
-                    response = await client.request(method, path, headers=headers, json=body)
-                    outcome = str(response.status_code)
-                    if response.status_code == 429 and "retry-after" not in response.headers:
-                        outcome = "429 without Retry-After"
-                except httpx.HTTPError as exc:
-                    outcome = type(exc).__name__
-                result.record(kind, outcome, expected)
-
-            return send
-
-        await run_all(map(job, requests), concurrency)
+        await run_all(requests, send, concurrency)
 
 
 async def attack_rate_limit(ctx: CaseContext) -> AttackResult:
@@ -693,17 +684,20 @@ async def _trickle(
     return "open when the client gave up", None
 
 
+async def _held_silent(ctx: CaseContext, count: int, kind: str, trickle: bytes) -> AttackResult:
+    """``count`` connections that send ``trickle`` one byte a second (or nothing at all)."""
+
+    async def connection(n: int, deadline: float, open_: Opener) -> tuple[str, float | None]:
+        return await _trickle(open_, b"", trickle, deadline)
+
+    expected = {"open when the client gave up", "closed by server", "408"}
+    return await _hold(ctx, count, connection, lambda n: kind, expected)
+
+
 async def attack_slowloris(ctx: CaseContext) -> AttackResult:
     """Connections that send a valid request's headers one byte a second."""
     request = http_request("GET", TICKETS, token=ctx.token("slowloris"), close=False)
-
-    async def connection(n: int, deadline: float, open_: Opener) -> tuple[str, float | None]:
-        return await _trickle(open_, b"", request, deadline)
-
-    expected = {"open when the client gave up", "closed by server", "408"}
-    result = await _hold(
-        ctx, ctx.sizes.slowloris, connection, lambda n: "headers at 1 byte/s", expected
-    )
+    result = await _held_silent(ctx, ctx.sizes.slowloris, "headers at 1 byte/s", request)
     result.notes.append(
         f"the request is {len(request)} bytes, so none completes in {ctx.sizes.slow_seconds:g} s"
     )
@@ -783,12 +777,7 @@ async def attack_idle_keepalive(ctx: CaseContext) -> AttackResult:
 
 async def attack_silent(ctx: CaseContext) -> AttackResult:
     """Connections that are opened and never send a byte."""
-
-    async def connection(n: int, deadline: float, open_: Opener) -> tuple[str, float | None]:
-        return await _trickle(open_, b"", b"", deadline)
-
-    expected = {"open when the client gave up", "closed by server", "408"}
-    return await _hold(ctx, ctx.sizes.silent, connection, lambda n: "connected, silent", expected)
+    return await _held_silent(ctx, ctx.sizes.silent, "connected, silent", b"")
 
 
 def _nested(depth: int) -> bytes:
@@ -900,13 +889,11 @@ async def _raw_flood(
     """Each request on a new connection, 16 at a time."""
     result = AttackResult()
 
-    def job(kind: str, request: bytes, expected: set[str]) -> Callable[[], Awaitable[None]]:
-        async def send() -> None:
-            result.record(kind, await exchange(ctx.target.port, request, wait_s=15.0), expected)
+    async def send(item: tuple[str, bytes, set[str]]) -> None:
+        kind, request, expected = item
+        result.record(kind, await exchange(ctx.target.port, request, wait_s=15.0), expected)
 
-        return send
-
-    await run_all((job(*r) for r in requests), 16)
+    await run_all(requests, send, 16)
     return result
 
 
@@ -934,31 +921,26 @@ async def attack_hangups(ctx: CaseContext) -> AttackResult:
     half with a normal close (FIN), half with a reset (RST)."""
     result = AttackResult(created_at_most=0)
 
-    def job(n: int) -> Callable[[], Awaitable[None]]:
-        async def send() -> None:
-            token, what = ctx.token(f"hangup-{n}"), "create" if n % 2 else "list"
-            body = (
-                json.dumps({"subject": f"hang-up {n}", "body": "gone"}).encode() if n % 2 else b""
-            )
-            request = http_request("POST" if n % 2 else "GET", TICKETS, token=token, body=body)
-            kind = f"{what}, then {'reset (RST)' if n % 4 >= 2 else 'close (FIN)'}"
-            result.created_at_most = (result.created_at_most or 0) + n % 2
-            try:
-                _, writer = await _connect(ctx.target.port, 10.0)
-            except (OSError, TimeoutError):
-                result.record(kind, "connect failed", {"sent, then hung up"})
-                return
-            writer.write(request)
-            await writer.drain()
-            if n % 4 >= 2:
-                sock = writer.get_extra_info("socket")
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            writer.close()
-            result.record(kind, "sent, then hung up", {"sent, then hung up"})
+    async def send(n: int) -> None:
+        token, what = ctx.token(f"hangup-{n}"), "create" if n % 2 else "list"
+        body = json.dumps({"subject": f"hang-up {n}", "body": "gone"}).encode() if n % 2 else b""
+        request = http_request("POST" if n % 2 else "GET", TICKETS, token=token, body=body)
+        kind = f"{what}, then {'reset (RST)' if n % 4 >= 2 else 'close (FIN)'}"
+        result.created_at_most = (result.created_at_most or 0) + n % 2
+        try:
+            _, writer = await _connect(ctx.target.port, 10.0)
+        except (OSError, TimeoutError):
+            result.record(kind, "connect failed", {"sent, then hung up"})
+            return
+        writer.write(request)
+        await writer.drain()
+        if n % 4 >= 2:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.close()
+        result.record(kind, "sent, then hung up", {"sent, then hung up"})
 
-        return send
-
-    await run_all(map(job, range(ctx.sizes.hangups)), 32)
+    await run_all(range(ctx.sizes.hangups), send, 32)
     await asyncio.sleep(1.0)  # let the server finish what it was doing for them
     return result
 
