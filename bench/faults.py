@@ -3,8 +3,7 @@ received, lost and duplicated. Writes docs/reliability.md and bench/results/faul
 runs the abuse suite (bench/abuse.py), which writes the page's Abuse section.
 
     uv run python -m bench.faults                      # every scenario, then the abuse suite
-    uv run python -m bench.faults --scenario redis     # redis, worker, postgres, smtp, webhook
-                                                       # or abuse
+    uv run python -m bench.faults --scenario redis     # or worker, postgres, smtp, webhook, abuse
 
 Each scenario runs the real processes (the API, the Procfile's worker pools and scheduler)
 against an SMTP server that records every email. A ticket's email carries the ticket id, so the
@@ -178,11 +177,6 @@ def count(
     return outcome
 
 
-def ledger_note(url: str) -> str:
-    rows = query(url, "SELECT status, count(*) FROM deliveries GROUP BY status")
-    return f"delivery ledger at the end of the run: {dict(rows)}"
-
-
 # -- scenarios ------------------------------------------------------------------------------------
 
 
@@ -254,7 +248,8 @@ async def smtp_refusing_for_a_minute(rate: float, log_dir: Path) -> Outcome:
             "emails arrive up to a minute after the server accepts again"
         )
         outcome = count(outcome, results, sink, time.monotonic(), 240)
-        outcome.notes.append(ledger_note(SHARED_DB))
+        rows = query(SHARED_DB, "SELECT status, count(*) FROM deliveries GROUP BY status")
+        outcome.notes.append(f"delivery ledger at the end of the run: {dict(rows)}")
         return outcome
 
 

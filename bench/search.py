@@ -87,19 +87,15 @@ _SYLLABLES_TEXT = (
 SYLLABLES = _SYLLABLES_TEXT.split()
 
 
-def tail_words(count: int, rng: random.Random) -> list[str]:
-    """Made-up rarer words (product names, codes, typos a real corpus is full of)."""
-    words: set[str] = set()
-    while len(words) < count:
-        words.add("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(3, 4))))
-    return sorted(words)
-
-
 class Vocabulary:
-    """Words drawn by Zipf rank: weight 1 / (rank + 2)."""
+    """Words drawn by Zipf rank: weight 1 / (rank + 2). After the support words come ``tail``
+    made-up rarer ones (product names, codes, typos a real corpus is full of)."""
 
     def __init__(self, rng: random.Random, tail: int = 30_000) -> None:
-        self.words = SUPPORT_WORDS + tail_words(tail, rng)
+        made_up: set[str] = set()
+        while len(made_up) < tail:
+            made_up.add("".join(rng.choice(SYLLABLES) for _ in range(rng.randint(3, 4))))
+        self.words = SUPPORT_WORDS + sorted(made_up)
         total = 0.0
         self.cumulative: list[float] = []
         for rank in range(len(self.words)):
