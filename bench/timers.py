@@ -373,8 +373,7 @@ def measure_close(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
 
 
 def print_report(results: dict[str, Any]) -> None:
-    sla = results.get("sla")
-    if sla:
+    if sla := results.get("sla"):
         print(
             f"\nSLA lateness: {sla['timers']} urgent timers, deadlines spread over "
             f"{sla['deadline_spread_s']} s (SLA_URGENT_SECONDS={sla['sla_urgent_seconds']}, "
@@ -385,22 +384,19 @@ def print_report(results: dict[str, Any]) -> None:
             f"ticket.sla_breached events {sla['breach_events']} "
             f"({sla['breach_events_distinct_tickets']} tickets)"
         )
-        print(f"  {'lateness ms':<28}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}{'mean':>8}")
+        columns = ("p50", "p90", "p99", "max", "mean")
+        print(f"  {'lateness ms':<28}" + "".join(f"{c:>8}" for c in columns))
         for key, label in (
             ("lateness", "all"),
             ("lateness_fired_by_a_sweep_batch", "by a sweep (shared time)"),
             ("lateness_fired_alone", "alone (wake-up)"),
         ):
-            part = sla[key]
-            if part.get("count"):
-                cells = "".join(
-                    f"{part[k]:>8}" for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms")
-                )
+            if (part := sla[key]).get("count"):
+                cells = "".join(f"{part[f'{c}_ms']:>8}" for c in columns)
                 print(f"  {label + ' ' + str(part['count']):<28}{cells}")
         print(f"  goal p99 <= 1000 ms: {'met' if sla['goal_met'] else 'MISSED'}")
         print(f"  CPU % of a core while firing: {cpu_line(sla['during_firing']['cpu_pct'])}")
-    close = results.get("close")
-    if close:
+    if close := results.get("close"):
         print(
             f"\nAuto-close: {close['tickets']} due resolved tickets (+{NOT_DUE} not due), pools "
             f"{', '.join(close['pools'])}: all closed after {close['closed_s']} s "
