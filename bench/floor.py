@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import HOST, Service, Sink, cpu_s, save_results, start_redis
+from bench.common import HOST, Service, Sink, cpu_s, prepare_database, save_results, start_redis
 
 DATABASE_URL = "postgresql://root@127.0.0.1:5432/helpdesk_bench_pipeline"
 
@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-floor-") as tmp:
         smtp = measure_smtp(args.emails, Path(tmp))
         hop = measure_dramatiq(args.messages, Path(tmp))
+    prepare_database(args.database_url)  # created and migrated if missing, emptied otherwise
     tx = measure_transaction(args.transactions, args.database_url)
     print(
         f"smtp        {smtp['per_s']:8.0f} emails/s   sender {smtp['sender_cpu_ms']:.2f} ms "
