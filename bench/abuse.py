@@ -1341,15 +1341,6 @@ def write_section(results: list[CaseResult], sizes: Sizes, stamp: str) -> None:
     REPORT.write_text(text)
 
 
-def abuse_section(text: str) -> str:
-    """The Abuse section of a reliability report (for bench/faults.py to keep it)."""
-    if SECTION_START in text and SECTION_END in text:
-        return (
-            SECTION_START + text.split(SECTION_START, 1)[1].split(SECTION_END, 1)[0] + SECTION_END
-        )
-    return ""
-
-
 # -- command line ---------------------------------------------------------------------------------
 
 

@@ -403,10 +403,12 @@ def write_report(outcomes: list[Outcome], rate: float) -> None:
         "`tests/test_timers_e2e.py`).",
         "",
     ]
-    from bench.abuse import abuse_section  # the abuse suite's section stays as it was
+    from bench.abuse import SECTION_START
 
-    kept = abuse_section(REPORT.read_text()) if REPORT.exists() else ""
-    REPORT.write_text("\n".join(lines + ([kept, ""] if kept else [])))
+    text, old = "\n".join(lines), REPORT.read_text() if REPORT.exists() else ""
+    if SECTION_START in old:  # the abuse suite's section, and the notes after it, stay
+        text += "\n" + old[old.index(SECTION_START) :]
+    REPORT.write_text(text)
 
 
 async def run_scenarios(names: list[str], rate: float) -> list[Outcome]:
