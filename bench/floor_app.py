@@ -127,7 +127,8 @@ CLOCK_ARRAYS = [
 
 
 def zulu(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # As the service formats them (domain/ids.py isoformat_z).
+    return moment.astimezone(UTC).isoformat(timespec="seconds")[:19] + "Z"
 
 
 def create_params(data: CreateTicket, user: str) -> dict[str, Any]:

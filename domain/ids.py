@@ -27,5 +27,8 @@ def utcnow() -> datetime:
 
 
 def isoformat_z(moment: datetime) -> str:
-    """``2026-03-15T10:00:00Z``: UTC, second precision, Z suffix, as the contract shows."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``2026-03-15T10:00:00Z``: UTC, second precision, Z suffix, as the contract shows.
+
+    ``isoformat`` rather than ``strftime``: a third less CPU, and a list page formats 40 of these
+    (docs/profiling.md, section 12)."""
+    return moment.astimezone(UTC).isoformat(timespec="seconds")[:19] + "Z"
