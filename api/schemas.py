@@ -176,13 +176,20 @@ def message_out(message: Message) -> MessageOut:
     )
 
 
+# Rows hold the stored strings; a dict lookup finds the member several times faster than
+# calling the enum, which was a tenth of a list page's rendering.
+_STATUSES = {member.value: member for member in Status}
+_PRIORITIES = {member.value: member for member in Priority}
+_CATEGORIES = {member.value: member for member in Category}
+
+
 def _summary_fields(ticket: TicketRow) -> dict[str, Any]:
     return {
         "id": ticket.id,
         "subject": ticket.subject,
-        "status": Status(ticket.status),
-        "priority": Priority(ticket.priority),
-        "category": Category(ticket.category) if ticket.category else None,
+        "status": _STATUSES[ticket.status],
+        "priority": _PRIORITIES[ticket.priority],
+        "category": _CATEGORIES[ticket.category] if ticket.category else None,
         "assignee_id": ticket.assignee_id,
         "created_at": isoformat_z(ticket.created_at),
         "updated_at": isoformat_z(ticket.updated_at),

@@ -90,12 +90,9 @@ class ConnectionGate:
         """Slots no request holds right now (what a wedged process runs out of)."""
         return self._slots._value
 
-    @asynccontextmanager
-    async def slot(self, *, timeout_s: float | None = None) -> AsyncIterator[None]:
-        wait_s = self.timeout_s if timeout_s is None else timeout_s
-        # Only a request that finds every slot taken is counted as waiting (the usual case,
-        # a free slot, costs nothing more).
-        waiting = self._waiting if self._slots.locked() else None
+    async def _wait_for_slot(self, wait_s: float) -> None:
+        # Only a request that finds every slot taken is counted as waiting.
+        waiting = self._waiting
         if waiting is not None:
             waiting.inc()
         try:
@@ -107,6 +104,14 @@ class ConnectionGate:
         finally:
             if waiting is not None:
                 waiting.dec()
+
+    @asynccontextmanager
+    async def slot(self, *, timeout_s: float | None = None) -> AsyncIterator[None]:
+        if self._slots.locked():
+            await self._wait_for_slot(self.timeout_s if timeout_s is None else timeout_s)
+        else:
+            # The usual case, a free slot: taken at once, with no timer to arm and cancel.
+            await self._slots.acquire()
         try:
             yield
         finally:
