@@ -59,6 +59,10 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncGenerator[None, None]:
         # Servers (granian) set up their own logging after importing us; take it back.
         configure_logging(settings)
+        # The OpenAPI schema is built here, not by the first request for /schema (which needs no
+        # token): building it held the event loop for ~260 ms and grew the process by ~13 MB,
+        # for every request in flight (bench/abuse.py, case open-endpoints).
+        app.openapi_schema  # noqa: B018 (the property builds and keeps it)
         # Engine and publisher are made when the server starts, never at import.
         app.state.engine = make_engine(settings)
         app.state.sessionmaker = make_sessionmaker(app.state.engine)
