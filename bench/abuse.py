@@ -945,6 +945,24 @@ async def attack_hangups(ctx: CaseContext) -> AttackResult:
     return result
 
 
+# The routes that take no token: Prometheus' scrape, the probes, the API schema, the console.
+OPEN_PATHS = ("/metrics", "/healthz", "/readyz", "/schema/openapi.json", "/console/")
+
+
+async def attack_open_endpoints(ctx: CaseContext) -> AttackResult:
+    """The routes that need no token, flooded without one, 32 at a time: anyone can send these,
+    so each must cost about what a health check costs (a scrape renders every process's
+    samples, a readiness check asks the database)."""
+    result = AttackResult()
+    requests: list[FloodRequest] = [
+        (path, "GET", path, {}, None, {"200"})
+        for n in range(ctx.sizes.flood_requests)
+        for path in [OPEN_PATHS[n % len(OPEN_PATHS)]]
+    ]
+    await _http_flood(ctx, requests, result)
+    return result
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
@@ -974,6 +992,7 @@ CASES = {
             "hostile-paths", "hostile paths, query strings and headers", attack_hostile_paths, 120
         ),
         Case("hang-ups", "clients that hang up before reading the answer", attack_hangups, 60),
+        Case("open-endpoints", "the routes without a token, flooded", attack_open_endpoints, 120),
     ]
 }
 CASE_NAMES = list(CASES)

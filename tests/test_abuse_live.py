@@ -109,6 +109,11 @@ def _hang_ups(r: abuse.CaseResult) -> None:
     assert 0 <= r.tickets["attacker_delta"] <= r.tickets["attacker_at_most"]
 
 
+def _open_endpoints(r: abuse.CaseResult) -> None:
+    assert set(r.by_kind) == set(abuse.OPEN_PATHS)
+    assert r.outcomes == {"200": r.sent}
+
+
 CASE_CHECKS = {
     "rate-limit": _rate_limit,
     "bad-tokens": _bad_tokens,
@@ -119,6 +124,7 @@ CASE_CHECKS = {
     "hostile-bodies": _hostile_bodies,
     "hostile-paths": _hostile_paths,
     "hang-ups": _hang_ups,
+    "open-endpoints": _open_endpoints,
 }
 
 
