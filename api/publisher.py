@@ -36,11 +36,6 @@ from domain.settings import Settings
 log = structlog.get_logger("api.publisher")
 
 BATCH = 100  # events sent per turn before requests get the loop back
-# A send waits this long for more events to share its message: under load one enqueue per
-# create was the largest cost the service adds to a create (~8 % of the API's CPU at 1,200
-# creates/s; docs/profiling.md, 12). A few milliseconds on the way to the workers is nothing
-# next to the notification's 250 ms budget.
-GATHER_S = 0.01
 MARK_EVERY_S = 0.05  # sent events are marked published together, once per this interval
 BACKOFF_S = 5.0  # after a broker failure, leave publishing to the sweep for this long
 
@@ -65,8 +60,6 @@ class BrokerPublisher:
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
-            if len(self._pending) < DISPATCH_BATCH:
-                await asyncio.sleep(GATHER_S)
             self._wakeup.clear()
             while self._pending:
                 batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
