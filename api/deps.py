@@ -47,9 +47,9 @@ def provide_caller(request: Request[Any, Any, Any]) -> Caller:
     return authenticated_caller(request)
 
 
-async def provide_session(request: Request[Any, Any, Any], caller: CallerDep) -> AsyncSession:
-    """A session behind a connection-gate slot; both go back when the request answers. Taken
-    for a known caller only (and after it: see the chain above)."""
+async def open_session(request: Request[Any, Any, Any]) -> AsyncSession:
+    """A session behind a connection-gate slot; both go back when the request answers. For a
+    handler that must do slow work (a name lookup) before it holds a slot."""
     state = request.app.state
     gate: ConnectionGate = state.connection_gate
     resources = request_resources(request.scope)
@@ -58,8 +58,15 @@ async def provide_session(request: Request[Any, Any, Any], caller: CallerDep) ->
     return session
 
 
+async def provide_session(request: Request[Any, Any, Any], caller: CallerDep) -> AsyncSession:
+    """:func:`open_session` as a dependency. ``caller`` is not used: it puts the session after
+    the caller in the handler's chain (see above), for a known caller only."""
+    return await open_session(request)
+
+
 async def provide_direct(request: Request[Any, Any, Any], caller: CallerDep) -> DirectConnection:
-    """A pooled connection used through psycopg directly (domain/db.py), behind the same gate."""
+    """A pooled connection used through psycopg directly (domain/db.py), behind the same gate.
+    ``caller`` is not used: it puts the connection after the caller in the handler's chain."""
     state = request.app.state
     gate: ConnectionGate = state.connection_gate
     resources = request_resources(request.scope)

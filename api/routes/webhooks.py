@@ -17,8 +17,8 @@ from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from api import responses
-from api.deps import SessionDep, commit, provide_session
-from api.guards import admin_only, authenticated_caller
+from api.deps import SessionDep, commit, open_session
+from api.guards import admin_only
 from api.routes.params import PageNumber, PerPage, capped
 from api.webhook_schemas import (
     CreateWebhook,
@@ -87,7 +87,7 @@ class WebhookController(Controller):
         self, request: Request[Any, Any, Any], data: JSONBody[CreateWebhook], state: State
     ) -> WebhookWithSecret:
         url = await _allowed(data.url, state)
-        session = await provide_session(request, authenticated_caller(request))  # after the lookup
+        session = await open_session(request)  # after the lookup
         endpoint = await create_endpoint(
             session, url=url, event_types=data.event_types, enabled=data.enabled, now=utcnow()
         )
@@ -132,7 +132,7 @@ class WebhookController(Controller):
         state: State,
     ) -> WebhookOut:
         url = await _allowed(data.url, state) if isinstance(data.url, str) else None
-        session = await provide_session(request, authenticated_caller(request))  # after the lookup
+        session = await open_session(request)  # after the lookup
         endpoint = await update_endpoint(
             session,
             endpoint_id,
